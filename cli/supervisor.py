@@ -1,0 +1,147 @@
+"""`policyopt up`: embedded Valkey, the gRPC server and both workers as child processes.
+
+This is the local shape of the production deployment: the same processes that `policyopt serve`,
+`policyopt worker rollout` and `policyopt worker train` start separately, pointed at one REDIS_URL.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+
+from policyopt.core.errors import Unavailable
+from policyopt.core.settings import Settings
+from policyopt.core.valkey import EmbeddedValkey, _die_with_parent
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Stack:
+    """Children started by ``start_stack``; ``stop()`` ends them in reverse order."""
+
+    settings: Settings
+    address: str
+    valkey: EmbeddedValkey | None = None
+    processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    log_dir: Path | None = None
+
+    def check_alive(self) -> None:
+        for name, proc in self.processes.items():
+            code = proc.poll()
+            if code is not None:
+                hint = f"; see {self.log_dir / (name + '.log')}" if self.log_dir else ""
+                raise Unavailable(f"{name} exited with code {code}{hint}")
+
+    def stop(self, grace_s: float = 15.0) -> None:
+        for _name, proc in reversed(list(self.processes.items())):
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + grace_s
+        for proc in self.processes.values():
+            try:
+                proc.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        self.processes.clear()
+        if self.valkey is not None:
+            self.valkey.stop()
+
+    def __enter__(self) -> Stack:
+        return self
+
+    def __exit__(
+        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+
+def child_env(settings: Settings, threads: int) -> dict[str, str]:
+    """Environment for a child: the settings that matter, and a deliberate torch thread count."""
+    env = dict(os.environ)
+    env.update(
+        {
+            "REDIS_URL": settings.redis_url or "",
+            "POLICYOPT_DATA_DIR": settings.data_dir,
+            "POLICYOPT_TORCH_THREADS": str(threads),
+            "OMP_NUM_THREADS": str(threads),
+            "MKL_NUM_THREADS": str(threads),
+            "TOKENIZERS_PARALLELISM": "false",
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
+    if settings.api_keys:
+        env["POLICYOPT_API_KEYS"] = ",".join(f"{tenant}:{key}" for key, tenant in settings.api_keys.items())
+    return env
+
+
+def _free_port(host: str) -> int:
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def _spawn(name: str, args: list[str], env: dict[str, str], log_dir: Path | None) -> subprocess.Popen[bytes]:
+    out = open(log_dir / f"{name}.log", "ab") if log_dir else None  # noqa: SIM115 (owned by the child)
+    cmd = [sys.executable, "-m", "policyopt.cli.main", *args]
+    return subprocess.Popen(
+        cmd,
+        env=env,
+        stdout=out,
+        stderr=subprocess.STDOUT if out else None,
+        stdin=subprocess.DEVNULL,
+        preexec_fn=_die_with_parent,
+    )
+
+
+def wait_for_port(host: str, port: int, timeout_s: float, stack: Stack) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        stack.check_alive()
+        with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=0.5):
+            return
+        time.sleep(0.1)
+    raise Unavailable(f"the server did not listen on {host}:{port} within {timeout_s:.0f}s")
+
+
+def start_stack(
+    settings: Settings, *, log_dir: Path | None = None, workers: bool = True, rollout_workers: int = 1
+) -> Stack:
+    """Start Valkey (unless REDIS_URL is set), the server and the workers; return when the server listens."""
+    valkey = None
+    if not settings.redis_url:
+        valkey = EmbeddedValkey(Path(settings.data_dir) / "valkey").start()
+        settings = settings.replace(redis_url=valkey.url)
+    port = settings.port or _free_port(settings.host)
+    settings = settings.replace(port=port)
+    stack = Stack(settings=settings, address=f"{settings.host}:{port}", valkey=valkey, log_dir=log_dir)
+    if log_dir:
+        log_dir.mkdir(parents=True, exist_ok=True)
+    cores = os.cpu_count() or 2
+    # Two torch processes share the machine; each gets half the cores so neither oversubscribes.
+    worker_threads = settings.torch_threads or max(1, cores // 2)
+    try:
+        server_env = child_env(settings, 1)
+        stack.processes["server"] = _spawn(
+            "server", ["serve", "--host", settings.host, "--port", str(port)], server_env, log_dir
+        )
+        if workers:
+            env = child_env(settings, worker_threads)
+            for i in range(rollout_workers):
+                stack.processes[f"rollout-{i}"] = _spawn(f"rollout-{i}", ["worker", "rollout"], env, log_dir)
+            stack.processes["trainer"] = _spawn("trainer", ["worker", "train"], env, log_dir)
+        wait_for_port(settings.host, port, 120, stack)
+    except BaseException:
+        stack.stop()
+        raise
+    return stack

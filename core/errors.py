@@ -1,0 +1,62 @@
+"""Domain errors. One interceptor in `policyopt.server.interceptors` maps them to gRPC status codes.
+
+Hierarchy::
+
+    PolicyOptError
+    ├── InvalidArgument       bad input the caller can fix        -> INVALID_ARGUMENT
+    ├── NotFound              unknown run, endpoint or version      -> NOT_FOUND
+    ├── AlreadyExists         a name that is taken                  -> ALREADY_EXISTS
+    ├── FailedPrecondition    valid input, wrong state              -> FAILED_PRECONDITION
+    ├── ResourceExhausted     a queue or quota is full              -> RESOURCE_EXHAUSTED
+    ├── Unauthenticated       missing or wrong API key              -> UNAUTHENTICATED
+    ├── Unavailable           a dependency (Redis, reward endpoint) is down -> UNAVAILABLE
+    └── RewardEndpointError   a reward endpoint misbehaved (NaN, wrong count, dead)
+
+Never import grpc here.
+"""
+
+from __future__ import annotations
+
+
+class PolicyOptError(Exception):
+    """Base of every error the service raises on purpose."""
+
+    code_name = "INTERNAL"
+
+
+class InvalidArgument(PolicyOptError):
+    code_name = "INVALID_ARGUMENT"
+
+
+class NotFound(PolicyOptError):
+    code_name = "NOT_FOUND"
+
+
+class AlreadyExists(PolicyOptError):
+    code_name = "ALREADY_EXISTS"
+
+
+class FailedPrecondition(PolicyOptError):
+    code_name = "FAILED_PRECONDITION"
+
+
+class ResourceExhausted(PolicyOptError):
+    code_name = "RESOURCE_EXHAUSTED"
+
+
+class Unauthenticated(PolicyOptError):
+    code_name = "UNAUTHENTICATED"
+
+
+class Unavailable(PolicyOptError):
+    code_name = "UNAVAILABLE"
+
+
+class RewardEndpointError(PolicyOptError):
+    """A reward endpoint returned something unusable (NaN, wrong count) or could not be reached."""
+
+    code_name = "FAILED_PRECONDITION"
+
+    def __init__(self, message: str, *, transient: bool = False) -> None:
+        super().__init__(message)
+        self.transient = transient

@@ -1,0 +1,124 @@
+"""One settings object, read from environment variables and an optional TOML file.
+
+Precedence: explicit keyword overrides > environment > TOML file (``POLICYOPT_CONFIG``) > defaults.
+Each field is documented once, in README's Settings table.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from policyopt.core.errors import InvalidArgument
+
+
+def _default_data_dir() -> str:
+    return str(Path.home() / ".policyopt")
+
+
+@dataclass(frozen=True)
+class Settings:
+    redis_url: str | None = None
+    """External Redis/Valkey; None starts the embedded Valkey in ``data_dir/valkey``."""
+    api_keys: dict[str, str] = field(default_factory=dict)
+    """key -> tenant. Empty means auth is off (local use only: the server warns)."""
+    host: str = "127.0.0.1"
+    port: int = 50051
+    data_dir: str = field(default_factory=_default_data_dir)
+    """Adapters, the embedded Valkey's append-only file, model caches."""
+    adapter_store: str = ""
+    """Root of the adapter store; empty means ``data_dir/adapters``."""
+    device: str = "auto"
+    """Training device: auto (cuda with bf16 when present, else cpu), cpu, cuda, cuda:N."""
+    torch_threads: int = 0
+    """Threads per worker process; 0 picks cores // number of local torch processes."""
+    telemetry: str = "off"
+    """off, console or otlp."""
+    otlp_endpoint: str = ""
+    reward_timeout_s: float = 30.0
+    """Deadline of one RewardService.Score call."""
+    reward_retries: int = 3
+    """Retries of transient reward-endpoint failures (UNAVAILABLE, DEADLINE_EXCEEDED)."""
+    max_queued_prompts: int = 10000
+    """Per run; SubmitPrompts beyond it gets RESOURCE_EXHAUSTED."""
+    claim_idle_ms: int = 60000
+    """A pending message idle this long is claimed by another worker (its owner is presumed dead)."""
+    log_level: str = "INFO"
+
+    @property
+    def adapter_root(self) -> Path:
+        return Path(self.adapter_store) if self.adapter_store else Path(self.data_dir) / "adapters"
+
+    def replace(self, **changes: object) -> Settings:
+        return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
+
+
+_ENV = {
+    "REDIS_URL": "redis_url",
+    "POLICYOPT_API_KEYS": "api_keys",
+    "POLICYOPT_HOST": "host",
+    "POLICYOPT_PORT": "port",
+    "POLICYOPT_DATA_DIR": "data_dir",
+    "POLICYOPT_ADAPTER_STORE": "adapter_store",
+    "POLICYOPT_DEVICE": "device",
+    "POLICYOPT_TORCH_THREADS": "torch_threads",
+    "POLICYOPT_TELEMETRY": "telemetry",
+    "OTEL_EXPORTER_OTLP_ENDPOINT": "otlp_endpoint",
+    "POLICYOPT_REWARD_TIMEOUT_S": "reward_timeout_s",
+    "POLICYOPT_REWARD_RETRIES": "reward_retries",
+    "POLICYOPT_MAX_QUEUED_PROMPTS": "max_queued_prompts",
+    "POLICYOPT_CLAIM_IDLE_MS": "claim_idle_ms",
+    "POLICYOPT_LOG_LEVEL": "log_level",
+}
+
+
+def parse_api_keys(text: str) -> dict[str, str]:
+    """Parse ``tenant:key,tenant:key`` into key -> tenant."""
+    keys: dict[str, str] = {}
+    for pair in filter(None, (p.strip() for p in text.split(","))):
+        tenant, sep, key = pair.partition(":")
+        if not sep or not tenant or not key:
+            raise InvalidArgument(f"POLICYOPT_API_KEYS entry {pair!r} must look like tenant:key")
+        keys[key] = tenant
+    return keys
+
+
+def _coerce(name: str, raw: object) -> object:
+    kind = {f.name: f.type for f in dataclasses.fields(Settings)}[name]
+    if name == "api_keys":
+        if isinstance(raw, dict):
+            return {str(k): str(v) for k, v in raw.items()}
+        return parse_api_keys(str(raw))
+    if name == "redis_url":
+        return str(raw) or None
+    try:
+        if kind == "int":
+            return int(str(raw))
+        if kind == "float":
+            return float(str(raw))
+    except ValueError as exc:
+        raise InvalidArgument(f"setting {name} must be a number, got {raw!r}") from exc
+    return str(raw)
+
+
+def load_settings(config_file: str | None = None, **overrides: object) -> Settings:
+    """Build Settings from TOML (``config_file`` or ``POLICYOPT_CONFIG``), the environment and overrides."""
+    values: dict[str, object] = {}
+    path = config_file or os.environ.get("POLICYOPT_CONFIG")
+    if path:
+        with open(path, "rb") as fh:
+            table = tomllib.load(fh)
+        table = table.get("policyopt", table)
+        known = {f.name for f in dataclasses.fields(Settings)}
+        unknown = set(table) - known
+        if unknown:
+            raise InvalidArgument(f"unknown settings in {path}: {sorted(unknown)}; known: {sorted(known)}")
+        values.update({k: _coerce(k, v) for k, v in table.items()})
+    for env, name in _ENV.items():
+        if env in os.environ:
+            values[name] = _coerce(name, os.environ[env])
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    return Settings(**values)  # type: ignore[arg-type]

@@ -1,0 +1,210 @@
+"""Dataclasses exchanged between the server, Redis and the workers.
+
+They serialize to JSON with ``to_json``/``from_json`` for Redis messages and hashes.
+Protobuf conversion lives only in ``policyopt.server.convert`` and ``policyopt.client``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any, TypeVar, get_type_hints
+
+T = TypeVar("T")
+
+JSONValue = Any  # JSON-compatible metadata supplied by users
+
+
+class RunStatus(StrEnum):
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+class EventKind(StrEnum):
+    STEP = "step"  # a training step committed; metrics attached
+    VERSION = "version"  # an adapter version published
+    ERROR = "error"  # something failed for one prompt or group; the run goes on
+    WARNING = "warning"  # a diagnostic signature (e.g. compound failure) was seen
+    STATUS = "status"  # the run changed status
+
+
+@dataclass(frozen=True)
+class MethodChoice:
+    """What the run asked for: a preset name plus overrides on either axis (field -> value)."""
+
+    preset: str = "grpo"
+    reward_side: dict[str, JSONValue] = field(default_factory=dict)
+    trajectory_side: dict[str, JSONValue] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class TeacherConfig:
+    """GRPO-OPD teacher: a local model path or a served endpoint, and the distillation coefficient."""
+
+    model: str = ""
+    endpoint: str = ""
+    coef: float = 0.0
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    base_model: str
+    reward_endpoint: str = ""
+    method: MethodChoice = field(default_factory=MethodChoice)
+    group_size: int = 4
+    prompts_per_step: int = 4
+    max_new_tokens: int = 64
+    temperature: float = 1.0
+    top_p: float = 1.0
+    learning_rate: float = 1e-5
+    lora_rank: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.0
+    lora_target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
+    max_steps: int = 0  # 0: train for as long as prompts arrive
+    max_staleness: int = 1  # versions a rollout may lag the trainer
+    engine: str = "transformers"  # rollout engine: transformers or vllm
+    seed: int = 0
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
+
+
+@dataclass
+class Run:
+    run_id: str
+    tenant: str
+    config: RunConfig
+    status: RunStatus = RunStatus.RUNNING
+    created_at: float = field(default_factory=time.time)
+    version: int = 0  # latest published adapter version; 0 is the base model
+    step: int = 0
+    prompts_submitted: int = 0
+    groups_trained: int = 0
+    error: str = ""
+
+
+@dataclass(frozen=True)
+class PromptTask:
+    """One prompt waiting for rollouts."""
+
+    run_id: str
+    prompt_id: str
+    prompt: str
+    metadata: dict[str, JSONValue] = field(default_factory=dict)
+    trace: dict[str, str] = field(default_factory=dict)  # W3C trace-context carrier
+
+
+@dataclass(frozen=True)
+class Trajectory:
+    """One sampled completion with the ids and sampler log-probs the trainer needs.
+
+    ``loss_mask`` is 1 on tokens the policy produced (0 on environment/tool tokens in agentic turns);
+    empty means all completion tokens are trained.
+    """
+
+    completion_ids: list[int]
+    sampler_logprobs: list[float]
+    text: str = ""
+    reward: float = 0.0
+    finish_reason: str = "length"
+    loss_mask: list[int] = field(default_factory=list)
+    version: int = 0
+
+
+@dataclass(frozen=True)
+class TrajectoryGroup:
+    """group_size trajectories for one prompt, scored, ready to train on."""
+
+    run_id: str
+    group_id: str
+    prompt_id: str
+    prompt: str
+    prompt_ids: list[int]
+    trajectories: list[Trajectory]
+    adapter_version: int
+    metadata: dict[str, JSONValue] = field(default_factory=dict)
+    baseline_reward: float | None = None  # ReMax greedy rollout reward, when the method asks for one
+    trace: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class AdapterManifest:
+    run_id: str
+    version: int
+    step: int
+    base_model: str
+    method: str
+    metrics: dict[str, float] = field(default_factory=dict)
+    files: dict[str, str] = field(default_factory=dict)  # file name -> sha256
+    group_ids: list[str] = field(default_factory=list)  # groups the step trained on (exactly-once bookkeeping)
+    created_at: float = field(default_factory=time.time)
+
+
+@dataclass(frozen=True)
+class RunEvent:
+    run_id: str
+    kind: EventKind
+    message: str = ""
+    step: int = 0
+    version: int = 0
+    metrics: dict[str, float] = field(default_factory=dict)
+    timestamp: float = field(default_factory=time.time)
+    event_id: str = ""  # Redis stream id, filled on read
+
+
+def to_json(obj: object) -> str:
+    """Serialize a dataclass (nested dataclasses, enums, tuples) to JSON."""
+    return json.dumps(dataclasses.asdict(obj), separators=(",", ":"))  # type: ignore[call-overload]
+
+
+def _build(cls: type, data: Any) -> Any:
+    if dataclasses.is_dataclass(cls) and isinstance(data, dict):
+        hints = get_type_hints(cls)
+        kwargs = {}
+        names = {f.name for f in dataclasses.fields(cls)}
+        for key, value in data.items():
+            if key in names:
+                kwargs[key] = _build(hints[key], value)
+        return cls(**kwargs)
+    origin = getattr(cls, "__origin__", None)
+    if origin is list and isinstance(data, list):
+        (inner,) = cls.__args__
+        return [_build(inner, v) for v in data]
+    if origin is tuple and isinstance(data, list):
+        return tuple(data)
+    if isinstance(cls, type) and issubclass(cls, StrEnum):
+        return cls(data)
+    return data
+
+
+def from_json(cls: type[T], text: str | bytes) -> T:
+    """Inverse of ``to_json``; unknown keys are ignored so old readers accept new writers."""
+    result: T = _build(cls, json.loads(text))
+    return result
+
+
+def from_dict(cls: type[T], data: dict[str, Any]) -> T:
+    result: T = _build(cls, data)
+    return result
+
+
+__all__ = [
+    "AdapterManifest",
+    "EventKind",
+    "MethodChoice",
+    "PromptTask",
+    "Run",
+    "RunConfig",
+    "RunEvent",
+    "RunStatus",
+    "TeacherConfig",
+    "Trajectory",
+    "TrajectoryGroup",
+    "from_dict",
+    "from_json",
+    "to_json",
+]

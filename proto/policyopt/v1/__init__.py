@@ -1,0 +1,1 @@
+"""Generated code for the ``policyopt.v1`` contract (regenerate with ``python tools/gen_proto.py``)."""
