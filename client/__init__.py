@@ -1,0 +1,70 @@
+"""policyopt SDK: create runs, submit prompts, host reward functions, pull adapters.
+
+Needs only grpcio and protobuf. Public names::
+
+    Client, RunHandle              blocking client (policyopt.client.sync)
+    AsyncClient, AsyncRunHandle    asyncio client (policyopt.client.aio)
+    RewardServer                   host a reward function as a RewardService
+    RunInfo, RunEvent, AdapterVersion, ...   plain dataclasses (policyopt.client.types)
+    PolicyOptError and subclasses  exceptions by the service's names (policyopt.client.errors)
+"""
+
+from policyopt.client.aio import AsyncClient, AsyncRunHandle
+from policyopt.client.errors import (
+    AdapterIntegrityError,
+    AlreadyExists,
+    DeadlineExceeded,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    PolicyOptError,
+    ResourceExhausted,
+    RewardEndpointError,
+    Unauthenticated,
+    Unavailable,
+)
+from policyopt.client.reward_server import RewardServer
+from policyopt.client.sync import Client, RunHandle
+from policyopt.client.types import (
+    AdapterVersion,
+    EventKind,
+    MethodCatalog,
+    MethodChoiceInfo,
+    MethodParameter,
+    PresetInfo,
+    RewardEndpoint,
+    RunEvent,
+    RunInfo,
+    RunOptions,
+    RunStatus,
+)
+
+__all__ = [
+    "AdapterIntegrityError",
+    "AdapterVersion",
+    "AlreadyExists",
+    "AsyncClient",
+    "AsyncRunHandle",
+    "Client",
+    "DeadlineExceeded",
+    "EventKind",
+    "FailedPrecondition",
+    "InvalidArgument",
+    "MethodCatalog",
+    "MethodChoiceInfo",
+    "MethodParameter",
+    "NotFound",
+    "PolicyOptError",
+    "PresetInfo",
+    "ResourceExhausted",
+    "RewardEndpoint",
+    "RewardEndpointError",
+    "RewardServer",
+    "RunEvent",
+    "RunHandle",
+    "RunInfo",
+    "RunOptions",
+    "RunStatus",
+    "Unauthenticated",
+    "Unavailable",
+]

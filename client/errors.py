@@ -1,0 +1,120 @@
+"""Exceptions the SDK raises: the service's domain errors, by the same names.
+
+Hierarchy (the service's classes are reused from the stdlib-only ``policyopt.core.errors``)::
+
+    PolicyOptError                 any failed call; INTERNAL, UNKNOWN and unmapped codes
+    ├── InvalidArgument            INVALID_ARGUMENT: fix the request
+    ├── NotFound                   NOT_FOUND: unknown run, endpoint or version (or another tenant's)
+    ├── AlreadyExists              ALREADY_EXISTS
+    ├── FailedPrecondition         FAILED_PRECONDITION: valid request, wrong state
+    ├── ResourceExhausted          RESOURCE_EXHAUSTED: a queue is full; retry later
+    ├── Unauthenticated            UNAUTHENTICATED: missing or wrong API key
+    ├── Unavailable                UNAVAILABLE: the server or its Redis is unreachable
+    ├── RewardEndpointError        a reward endpoint misbehaved
+    ├── DeadlineExceeded           DEADLINE_EXCEEDED, or a client-side wait timed out (also a TimeoutError)
+    └── AdapterIntegrityError      a pulled adapter file does not match its sha256
+
+``error_from_rpc`` is the one place that maps a ``grpc.RpcError`` to these.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import grpc
+from policyopt.core.errors import (
+    AlreadyExists,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    PolicyOptError,
+    ResourceExhausted,
+    RewardEndpointError,
+    Unauthenticated,
+    Unavailable,
+)
+
+ERROR_CLASS_METADATA = "policyopt-error"
+
+
+class DeadlineExceeded(PolicyOptError, TimeoutError):
+    code_name = "DEADLINE_EXCEEDED"
+
+
+class AdapterIntegrityError(PolicyOptError):
+    """A pulled file's sha256 differs from the manifest, or a file is missing."""
+
+    code_name = "DATA_LOSS"
+
+
+_BY_NAME: dict[str, type[PolicyOptError]] = {
+    cls.__name__: cls
+    for cls in (
+        PolicyOptError, InvalidArgument, NotFound, AlreadyExists, FailedPrecondition, ResourceExhausted,
+        Unauthenticated, Unavailable, RewardEndpointError, DeadlineExceeded, AdapterIntegrityError,
+    )
+}  # fmt: skip
+_BY_CODE: dict[grpc.StatusCode, type[PolicyOptError]] = {
+    grpc.StatusCode.INVALID_ARGUMENT: InvalidArgument,
+    grpc.StatusCode.OUT_OF_RANGE: InvalidArgument,
+    grpc.StatusCode.NOT_FOUND: NotFound,
+    grpc.StatusCode.ALREADY_EXISTS: AlreadyExists,
+    grpc.StatusCode.FAILED_PRECONDITION: FailedPrecondition,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: ResourceExhausted,
+    grpc.StatusCode.UNAUTHENTICATED: Unauthenticated,
+    grpc.StatusCode.PERMISSION_DENIED: Unauthenticated,
+    grpc.StatusCode.UNAVAILABLE: Unavailable,
+    grpc.StatusCode.DEADLINE_EXCEEDED: DeadlineExceeded,
+    grpc.StatusCode.DATA_LOSS: AdapterIntegrityError,
+}
+
+
+def _class_name_from(exc: grpc.RpcError) -> str:
+    trailing = getattr(exc, "trailing_metadata", None)
+    try:
+        metadata = trailing() if callable(trailing) else None
+    except Exception:  # some channel errors carry no metadata at all
+        metadata = None
+    for key, value in metadata or ():
+        if key == ERROR_CLASS_METADATA and isinstance(value, str):
+            return value
+    return ""
+
+
+def error_from_rpc(exc: grpc.RpcError) -> PolicyOptError:
+    """The SDK exception for a failed call: the server's error class when it sent one, else by status code."""
+    code_method = getattr(exc, "code", None)
+    code = code_method() if callable(code_method) else grpc.StatusCode.UNKNOWN
+    details_method = getattr(exc, "details", None)
+    details = (details_method() if callable(details_method) else None) or str(code)
+    cls = _BY_NAME.get(_class_name_from(exc)) or _BY_CODE.get(code, PolicyOptError)
+    error = cls(details)
+    error.status_code = code  # type: ignore[attr-defined]
+    return error
+
+
+@contextlib.contextmanager
+def translating() -> Iterator[None]:
+    """Re-raise ``grpc.RpcError`` raised inside the block as the matching SDK exception."""
+    try:
+        yield
+    except grpc.RpcError as exc:
+        raise error_from_rpc(exc) from exc
+
+
+__all__ = [
+    "AdapterIntegrityError",
+    "AlreadyExists",
+    "DeadlineExceeded",
+    "FailedPrecondition",
+    "InvalidArgument",
+    "NotFound",
+    "PolicyOptError",
+    "ResourceExhausted",
+    "RewardEndpointError",
+    "Unauthenticated",
+    "Unavailable",
+    "error_from_rpc",
+    "translating",
+]

@@ -1,0 +1,145 @@
+"""``RewardServer``: host a Python reward function as a gRPC ``RewardService``.
+
+The function may score one completion (``fn(prompt, completion, metadata) -> float``) or, with
+``batch=True``, the whole group (``fn(prompt, completions, metadata) -> list[float]``), and either may
+be ``async def``. Scores are returned as given: the rollout worker rejects NaN and wrong counts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import threading
+from collections.abc import Awaitable, Callable, Sequence
+from concurrent import futures
+from types import TracebackType
+
+import grpc
+from policyopt.client._convert import struct_to_dict
+from policyopt.client.types import JSONValue
+from policyopt.v1 import reward_pb2 as rpb
+from policyopt.v1 import reward_pb2_grpc as rpb_grpc
+
+log = logging.getLogger(__name__)
+
+Metadata = dict[str, JSONValue]
+ItemScore = Callable[[str, str, Metadata], float] | Callable[[str, str, Metadata], Awaitable[float]]
+BatchScore = (
+    Callable[[str, list[str], Metadata], Sequence[float]]
+    | Callable[[str, list[str], Metadata], Awaitable[Sequence[float]]]
+)
+
+
+def _is_async(fn: object) -> bool:
+    call = type(fn).__call__ if callable(fn) and not inspect.isfunction(fn) else None
+    return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(call)
+
+
+class _Scorer(rpb_grpc.RewardServiceServicer):
+    def __init__(
+        self, fn: ItemScore | BatchScore, batch: bool, loop: asyncio.AbstractEventLoop | None
+    ) -> None:
+        self.fn = fn
+        self.batch = batch
+        self.loop = loop
+
+    async def _score_async(self, prompt: str, completions: list[str], metadata: Metadata) -> list[float]:
+        if self.batch:
+            return list(await self.fn(prompt, completions, metadata))  # type: ignore[arg-type, misc]
+        scores = await asyncio.gather(*(self.fn(prompt, c, metadata) for c in completions))  # type: ignore[arg-type]
+        return list(scores)  # type: ignore[arg-type]
+
+    def _score(
+        self, prompt: str, completions: list[str], metadata: Metadata, timeout: float | None
+    ) -> list[float]:
+        if self.loop is not None:
+            future = asyncio.run_coroutine_threadsafe(
+                self._score_async(prompt, completions, metadata), self.loop
+            )
+            return future.result(timeout)
+        if self.batch:
+            return list(self.fn(prompt, completions, metadata))  # type: ignore[arg-type, call-overload]
+        return [self.fn(prompt, c, metadata) for c in completions]  # type: ignore[arg-type, misc]
+
+    def Score(self, request: rpb.ScoreRequest, context: grpc.ServicerContext) -> rpb.ScoreResponse:
+        completions = list(request.completions)
+        try:
+            scores = self._score(
+                request.prompt, completions, struct_to_dict(request.metadata), context.time_remaining()
+            )
+            values = [float(s) for s in scores]
+        except Exception as exc:
+            log.exception("reward function failed on prompt %s", request.prompt_id)
+            context.abort(grpc.StatusCode.INTERNAL, f"reward function raised {type(exc).__name__}: {exc}")
+        if len(values) != len(completions):
+            context.abort(
+                grpc.StatusCode.INTERNAL,
+                f"reward function returned {len(values)} scores for {len(completions)} completions; return one each",
+            )
+        return rpb.ScoreResponse(scores=values)
+
+
+class RewardServer:
+    """A RewardService on ``host:port`` (port 0: a free one). ``address`` is what to register.
+
+    Use as a context manager, or ``start()``/``stop()``.
+    """
+
+    def __init__(
+        self,
+        fn: ItemScore | BatchScore,
+        *,
+        batch: bool = False,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        max_workers: int = 8,
+    ) -> None:
+        self.fn = fn
+        self.batch = batch
+        self.host = host
+        self.port = port
+        self.max_workers = max_workers
+        self._server: grpc.Server | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop_thread: threading.Thread | None = None
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    def _start_loop(self) -> asyncio.AbstractEventLoop:
+        loop = asyncio.new_event_loop()
+        self._loop_thread = threading.Thread(target=loop.run_forever, name="reward-server-loop", daemon=True)
+        self._loop_thread.start()
+        return loop
+
+    def start(self) -> RewardServer:
+        self._loop = self._start_loop() if _is_async(self.fn) else None
+        server = grpc.server(
+            futures.ThreadPoolExecutor(max_workers=self.max_workers, thread_name_prefix="reward")
+        )
+        rpb_grpc.add_RewardServiceServicer_to_server(_Scorer(self.fn, self.batch, self._loop), server)
+        self.port = server.add_insecure_port(f"{self.host}:{self.port}")
+        server.start()
+        self._server = server
+        return self
+
+    def stop(self, grace: float | None = 1.0) -> None:
+        server, self._server = self._server, None
+        if server is not None:
+            server.stop(grace).wait()
+        loop, self._loop = self._loop, None
+        if loop is not None:
+            loop.call_soon_threadsafe(loop.stop)
+            if self._loop_thread is not None:
+                self._loop_thread.join(timeout=5)
+            loop.close()
+
+    def __enter__(self) -> RewardServer:
+        return self.start()
+
+    def __exit__(
+        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()

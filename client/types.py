@@ -1,0 +1,161 @@
+"""Plain dataclasses the SDK returns; no protobuf type leaves ``policyopt.client``.
+
+Metadata values are JSON: numbers travel as doubles, and integral ones come back as ``int``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import TypedDict
+
+JSONValue = str | int | float | bool | None | list["JSONValue"] | dict[str, "JSONValue"]
+
+
+class RunStatus(StrEnum):
+    UNSPECIFIED = "unspecified"
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+class EventKind(StrEnum):
+    UNSPECIFIED = "unspecified"
+    STEP = "step"
+    VERSION = "version"
+    ERROR = "error"
+    WARNING = "warning"
+    STATUS = "status"
+
+
+class RunOptions(TypedDict, total=False):
+    """Optional CreateRun fields; any left out take the server defaults."""
+
+    group_size: int
+    prompts_per_step: int
+    max_new_tokens: int
+    temperature: float
+    top_p: float
+    learning_rate: float
+    lora_rank: int
+    lora_alpha: int
+    lora_dropout: float
+    lora_target_modules: list[str]
+    max_steps: int
+    max_staleness: int
+    engine: str
+    seed: int
+    teacher_model: str
+    teacher_endpoint: str
+    teacher_coef: float
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    """A snapshot of a run: its configuration and progress."""
+
+    run_id: str
+    status: RunStatus
+    base_model: str
+    method: str
+    reward_side: dict[str, JSONValue]
+    trajectory_side: dict[str, JSONValue]
+    reward_endpoint: str
+    group_size: int
+    prompts_per_step: int
+    max_new_tokens: int
+    temperature: float
+    top_p: float
+    learning_rate: float
+    lora_rank: int
+    lora_alpha: int
+    lora_dropout: float
+    lora_target_modules: tuple[str, ...]
+    max_steps: int
+    max_staleness: int
+    engine: str
+    seed: int
+    version: int
+    step: int
+    prompts_submitted: int
+    groups_trained: int
+    created_at: float
+    error: str
+
+
+@dataclass(frozen=True)
+class RunEvent:
+    event_id: str
+    run_id: str
+    kind: EventKind
+    message: str
+    step: int
+    version: int
+    metrics: dict[str, float]
+    timestamp: float
+
+
+@dataclass(frozen=True)
+class AdapterVersion:
+    run_id: str
+    version: int
+    step: int
+    base_model: str
+    method: str
+    metrics: dict[str, float] = field(default_factory=dict)
+    files: dict[str, str] = field(default_factory=dict)  # file name -> sha256 hex
+    created_at: float = 0.0
+
+
+@dataclass(frozen=True)
+class RewardEndpoint:
+    name: str
+    address: str
+    timeout_s: float
+
+
+@dataclass(frozen=True)
+class MethodParameter:
+    name: str
+    type: str
+    default: str
+    doc: str
+
+
+@dataclass(frozen=True)
+class MethodChoiceInfo:
+    axis: str
+    name: str
+    rationale: str
+    parameters: tuple[MethodParameter, ...]
+
+
+@dataclass(frozen=True)
+class PresetInfo:
+    name: str
+    description: str
+    reward_side: dict[str, JSONValue]
+    trajectory_side: dict[str, JSONValue]
+
+
+@dataclass(frozen=True)
+class MethodCatalog:
+    choices: tuple[MethodChoiceInfo, ...]
+    presets: tuple[PresetInfo, ...]
+
+
+__all__ = [
+    "AdapterVersion",
+    "EventKind",
+    "JSONValue",
+    "MethodCatalog",
+    "MethodChoiceInfo",
+    "MethodParameter",
+    "PresetInfo",
+    "RewardEndpoint",
+    "RunEvent",
+    "RunInfo",
+    "RunOptions",
+    "RunStatus",
+]

@@ -1,0 +1,139 @@
+"""Building and running the gRPC server: servicer, interceptors, health checking, reflection."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from concurrent import futures
+from types import FrameType, TracebackType
+
+import grpc
+import redis
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from policyopt.core.settings import Settings
+from policyopt.core.telemetry import setup_telemetry
+from policyopt.server.interceptors import server_interceptors
+from policyopt.server.servicer import MethodLibrary, PolicyOptimizerServicer, default_method_library
+from policyopt.v1 import policyopt_pb2 as pb
+from policyopt.v1 import policyopt_pb2_grpc as pb_grpc
+from policyopt.workers.redis_conn import connect
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["PolicyOptimizer"].full_name
+HEALTH_INTERVAL_S = 5.0
+
+
+class PolicyOptServer:
+    """A built server: ``start()``, ``port``/``address`` once bound, ``stop(grace)``; a context manager."""
+
+    def __init__(
+        self,
+        server: grpc.Server,
+        port: int,
+        host: str,
+        r: redis.Redis,
+        health_servicer: health.HealthServicer,
+    ):
+        self.server = server
+        self.port = port
+        self.host = host
+        self._redis = r
+        self._health = health_servicer
+        self._stopped = threading.Event()
+        self._monitor = threading.Thread(target=self._watch_redis, name="policyopt-health", daemon=True)
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    def start(self) -> PolicyOptServer:
+        self.server.start()
+        self._monitor.start()
+        log.info("policyopt server listening on %s", self.address)
+        return self
+
+    def _set_serving(self, serving: bool) -> None:
+        status = (
+            health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        for name in ("", SERVICE_NAME):
+            self._health.set(name, status)
+
+    def _watch_redis(self) -> None:
+        """PolicyOptimizer is SERVING while Redis answers, NOT_SERVING while it does not."""
+        while not self._stopped.wait(HEALTH_INTERVAL_S):
+            try:
+                self._redis.ping()
+                self._set_serving(True)
+            except redis.RedisError as exc:
+                log.warning("Redis unreachable, health NOT_SERVING: %s", exc)
+                self._set_serving(False)
+
+    def stop(self, grace: float | None = 5.0) -> None:
+        """Refuse new calls, let running ones finish for ``grace`` seconds, then cancel them."""
+        self._stopped.set()
+        self._health.enter_graceful_shutdown()
+        self.server.stop(grace).wait()
+
+    def wait(self) -> None:
+        self.server.wait_for_termination()
+
+    def __enter__(self) -> PolicyOptServer:
+        return self.start()
+
+    def __exit__(
+        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop(grace=1.0)
+
+
+def build_server(
+    settings: Settings,
+    *,
+    r: redis.Redis | None = None,
+    methods: MethodLibrary | None = None,
+    max_workers: int = 32,
+    poll_ms: int = 1000,
+) -> PolicyOptServer:
+    """A server on ``settings.host:settings.port`` (port 0 picks a free one), not yet started."""
+    r = r if r is not None else connect(settings)
+    if not settings.api_keys:
+        log.warning(
+            "POLICYOPT_API_KEYS is empty: auth is off and every caller is tenant 'default' (local use only)"
+        )
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="policyopt-rpc"),
+        interceptors=server_interceptors(settings.api_keys),
+        options=[("grpc.max_send_message_length", 8 << 20), ("grpc.max_receive_message_length", 64 << 20)],
+    )
+    servicer = PolicyOptimizerServicer(settings, r, methods or default_method_library(), poll_ms=poll_ms)
+    pb_grpc.add_PolicyOptimizerServicer_to_server(servicer, server)
+    health_servicer = health.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+    port = server.add_insecure_port(f"{settings.host}:{settings.port}")
+    if port == 0:
+        raise OSError(f"cannot bind {settings.host}:{settings.port}; is another server on that port?")
+    built = PolicyOptServer(server, port, settings.host, r, health_servicer)
+    built._set_serving(True)
+    return built
+
+
+def serve(settings: Settings, grace_s: float = 10.0) -> None:
+    """Run until SIGTERM or SIGINT, then stop gracefully. Prints the bound address."""
+    setup_telemetry(settings, "policyopt-server")
+    running = build_server(settings).start()
+    print(f"policyopt server listening on {running.address}", flush=True)
+    done = threading.Event()
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        log.info("signal %d: stopping (grace %.0fs)", signum, grace_s)
+        done.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    done.wait()
+    running.stop(grace_s)

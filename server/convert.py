@@ -1,0 +1,231 @@
+"""Protobuf <-> ``policyopt.core.types``. The only server module that builds or reads messages' fields.
+
+Unset optional request fields take the ``RunConfig`` defaults. ``google.protobuf.Struct`` numbers are
+doubles; integral ones come back as ``int`` so ``{"answer": 5}`` survives the round trip.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import fields
+from typing import Protocol
+
+from google.protobuf import json_format, struct_pb2
+from policyopt.core.types import (
+    AdapterManifest,
+    EventKind,
+    JSONValue,
+    MethodChoice,
+    Run,
+    RunConfig,
+    RunEvent,
+    RunStatus,
+    TeacherConfig,
+)
+from policyopt.v1 import policyopt_pb2 as pb
+from policyopt.workers.store import RewardEndpointInfo
+
+_DEFAULTS = {f.name: f.default for f in fields(RunConfig) if f.name != "base_model"}
+_OPTIONAL_FIELDS = (
+    "group_size", "prompts_per_step", "max_new_tokens", "temperature", "top_p",
+    "learning_rate", "max_steps", "max_staleness", "seed",
+)  # fmt: skip
+
+
+def _plain(value: JSONValue) -> JSONValue:
+    if isinstance(value, float) and math.isfinite(value) and value.is_integer():
+        return int(value)
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
+
+
+def struct_to_dict(struct: struct_pb2.Struct) -> dict[str, JSONValue]:
+    result: dict[str, JSONValue] = _plain(json_format.MessageToDict(struct))
+    return result
+
+
+def dict_to_struct(data: Mapping[str, JSONValue]) -> struct_pb2.Struct:
+    struct = struct_pb2.Struct()
+    struct.update(dict(data))
+    return struct
+
+
+def method_from_proto(spec: pb.MethodSpec) -> MethodChoice:
+    return MethodChoice(
+        preset=spec.preset or MethodChoice.preset,
+        reward_side=struct_to_dict(spec.reward_side),
+        trajectory_side=struct_to_dict(spec.trajectory_side),
+    )
+
+
+def method_to_proto(method: MethodChoice) -> pb.MethodSpec:
+    return pb.MethodSpec(
+        preset=method.preset,
+        reward_side=dict_to_struct(method.reward_side),
+        trajectory_side=dict_to_struct(method.trajectory_side),
+    )
+
+
+def run_config_from_request(request: pb.CreateRunRequest) -> RunConfig:
+    """The run's configuration; fields the caller left unset take the defaults."""
+    values: dict[str, object] = {n: getattr(request, n) for n in _OPTIONAL_FIELDS if request.HasField(n)}
+    lora = request.lora
+    for name in ("rank", "alpha", "dropout"):
+        if lora.HasField(name):
+            values[f"lora_{name}"] = getattr(lora, name)
+    if lora.target_modules:
+        values["lora_target_modules"] = tuple(lora.target_modules)
+    teacher = TeacherConfig(
+        model=request.teacher.model, endpoint=request.teacher.endpoint, coef=request.teacher.coef
+    )
+    return RunConfig(
+        base_model=request.base_model,
+        reward_endpoint=request.reward_endpoint,
+        method=method_from_proto(request.method),
+        engine=request.engine or str(_DEFAULTS["engine"]),
+        teacher=teacher,
+        **values,  # type: ignore[arg-type]
+    )
+
+
+def run_to_proto(run: Run) -> pb.Run:
+    config = run.config
+    return pb.Run(
+        run_id=run.run_id,
+        status=pb.RunStatus.Value(f"RUN_STATUS_{run.status.name}"),
+        base_model=config.base_model,
+        method=method_to_proto(config.method),
+        reward_endpoint=config.reward_endpoint,
+        group_size=config.group_size,
+        prompts_per_step=config.prompts_per_step,
+        max_new_tokens=config.max_new_tokens,
+        temperature=config.temperature,
+        top_p=config.top_p,
+        learning_rate=config.learning_rate,
+        lora=pb.LoraSpec(
+            rank=config.lora_rank,
+            alpha=config.lora_alpha,
+            dropout=config.lora_dropout,
+            target_modules=list(config.lora_target_modules),
+        ),
+        max_steps=config.max_steps,
+        max_staleness=config.max_staleness,
+        engine=config.engine,
+        seed=config.seed,
+        teacher=pb.TeacherSpec(
+            model=config.teacher.model, endpoint=config.teacher.endpoint, coef=config.teacher.coef
+        ),
+        version=run.version,
+        step=run.step,
+        prompts_submitted=run.prompts_submitted,
+        groups_trained=run.groups_trained,
+        created_at=run.created_at,
+        error=run.error,
+    )
+
+
+def run_status_from_proto(value: int) -> RunStatus:
+    return RunStatus[pb.RunStatus.Name(value).removeprefix("RUN_STATUS_")]
+
+
+def event_to_proto(event: RunEvent) -> pb.RunEvent:
+    return pb.RunEvent(
+        event_id=event.event_id,
+        run_id=event.run_id,
+        kind=pb.EventKind.Value(f"EVENT_KIND_{EventKind(event.kind).name}"),
+        message=event.message,
+        step=event.step,
+        version=event.version,
+        metrics=dict(event.metrics),
+        timestamp=event.timestamp,
+    )
+
+
+def manifest_to_proto(manifest: AdapterManifest) -> pb.AdapterVersion:
+    return pb.AdapterVersion(
+        run_id=manifest.run_id,
+        version=manifest.version,
+        step=manifest.step,
+        base_model=manifest.base_model,
+        method=manifest.method,
+        metrics=dict(manifest.metrics),
+        files=dict(manifest.files),
+        created_at=manifest.created_at,
+    )
+
+
+def endpoint_to_proto(endpoint: RewardEndpointInfo) -> pb.RewardEndpoint:
+    return pb.RewardEndpoint(name=endpoint.name, address=endpoint.address, timeout_s=endpoint.timeout_s)
+
+
+def prompts_from_request(request: pb.SubmitPromptsRequest) -> list[tuple[str, dict[str, JSONValue]]]:
+    """(text, metadata) of each submitted prompt."""
+    return [(p.text, struct_to_dict(p.metadata)) for p in request.prompts]
+
+
+# -- ListMethods: what ``policyopt.workers.algorithms.list_methods()`` returns, structurally ------------------
+class MethodParameterLike(Protocol):
+    @property
+    def name(self) -> str: ...
+    @property
+    def type(self) -> str: ...
+    @property
+    def default(self) -> object: ...
+    @property
+    def doc(self) -> str: ...
+
+
+class MethodChoiceLike(Protocol):
+    @property
+    def axis(self) -> str: ...
+    @property
+    def name(self) -> str: ...
+    @property
+    def rationale(self) -> str: ...
+    @property
+    def parameters(self) -> Sequence[MethodParameterLike]: ...
+
+
+class PresetLike(Protocol):
+    @property
+    def name(self) -> str: ...
+    @property
+    def description(self) -> str: ...
+    @property
+    def reward_side(self) -> Mapping[str, JSONValue]: ...
+    @property
+    def trajectory_side(self) -> Mapping[str, JSONValue]: ...
+
+
+MethodCatalog = tuple[Sequence[MethodChoiceLike], Sequence[PresetLike]]
+
+
+def methods_to_proto(catalog: MethodCatalog) -> pb.ListMethodsResponse:
+    """``(choices, presets)`` as ``list_methods()`` returns them -> ListMethodsResponse."""
+    choice_infos, preset_infos = catalog
+    choices = [
+        pb.MethodChoiceInfo(
+            axis=c.axis,
+            name=c.name,
+            rationale=c.rationale,
+            parameters=[
+                pb.MethodParameter(name=p.name, type=str(p.type), default=str(p.default), doc=p.doc)
+                for p in c.parameters
+            ],
+        )
+        for c in choice_infos
+    ]
+    presets = [
+        pb.PresetInfo(
+            name=p.name,
+            description=p.description,
+            reward_side=dict_to_struct(p.reward_side),
+            trajectory_side=dict_to_struct(p.trajectory_side),
+        )
+        for p in preset_infos
+    ]
+    return pb.ListMethodsResponse(choices=choices, presets=presets)

@@ -1,0 +1,217 @@
+"""Server interceptors, outermost first: auth -> telemetry -> errors.
+
+- ``AuthInterceptor`` maps the API key (``x-api-key`` or ``authorization: Bearer KEY``) to a tenant
+  and binds it to ``current_tenant()`` for the handler; a missing or wrong key is UNAUTHENTICATED.
+- ``TelemetryInterceptor`` opens a server span, parented on the caller's W3C trace context.
+- ``ErrorInterceptor`` is the one place where exceptions become statuses (``server.errors``).
+
+grpc runs interceptors on its polling thread and handlers on the pool, so each interceptor wraps the
+handler's behavior instead of acting in ``intercept_service`` itself.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import hmac
+from collections.abc import Callable, Iterator, Sequence
+
+import grpc
+from opentelemetry import propagate, trace
+from policyopt.core.errors import Unauthenticated
+from policyopt.core.telemetry import tracer
+from policyopt.server.errors import abort_with
+
+Continuation = Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler | None]
+# (behavior, response_streaming) -> wrapped behavior
+Wrapper = Callable[[Callable[..., object], bool], Callable[..., object]]
+
+DEFAULT_TENANT = "default"
+OPEN_METHOD_PREFIXES = ("/grpc.health.v1.", "/grpc.reflection.")
+
+_tenant: contextvars.ContextVar[str] = contextvars.ContextVar("policyopt_tenant")
+
+
+def current_tenant() -> str:
+    """The tenant of the call being handled (set by ``AuthInterceptor``)."""
+    return _tenant.get()
+
+
+def wrap_handler(handler: grpc.RpcMethodHandler, wrap: Wrapper) -> grpc.RpcMethodHandler:
+    """The same handler with its behavior replaced by ``wrap(behavior, response_streaming)``."""
+    codecs = {
+        "request_deserializer": handler.request_deserializer,
+        "response_serializer": handler.response_serializer,
+    }
+    if handler.unary_unary is not None:
+        return grpc.unary_unary_rpc_method_handler(wrap(handler.unary_unary, False), **codecs)
+    if handler.unary_stream is not None:
+        return grpc.unary_stream_rpc_method_handler(wrap(handler.unary_stream, True), **codecs)
+    if handler.stream_unary is not None:
+        return grpc.stream_unary_rpc_method_handler(wrap(handler.stream_unary, False), **codecs)
+    return grpc.stream_stream_rpc_method_handler(wrap(handler.stream_stream, True), **codecs)
+
+
+def _metadata(details: grpc.HandlerCallDetails) -> dict[str, str]:
+    return {k.lower(): v for k, v in (details.invocation_metadata or ()) if isinstance(v, str)}
+
+
+def api_key_from(metadata: dict[str, str]) -> str:
+    """The API key from ``x-api-key`` or ``authorization: Bearer KEY``; empty when absent."""
+    if metadata.get("x-api-key"):
+        return metadata["x-api-key"].strip()
+    scheme, _, token = metadata.get("authorization", "").partition(" ")
+    return token.strip() if scheme.lower() == "bearer" else ""
+
+
+def _run_in(
+    ctx: contextvars.Context, behavior: Callable[..., object], streaming: bool
+) -> Callable[..., object]:
+    """Run ``behavior`` (and every step of its response stream) inside ``ctx``."""
+    if not streaming:
+        return lambda request, context: ctx.run(behavior, request, context)
+
+    def stream(request: object, context: grpc.ServicerContext) -> Iterator[object]:
+        iterator = ctx.run(behavior, request, context)
+        try:
+            while True:
+                try:
+                    item: object = ctx.run(next, iterator)  # type: ignore[arg-type]
+                except StopIteration:
+                    return
+                yield item
+        finally:
+            close = getattr(iterator, "close", None)
+            if close is not None:
+                ctx.run(close)
+
+    return stream
+
+
+class AuthInterceptor(grpc.ServerInterceptor):
+    """API key -> tenant. With no keys configured every call is tenant ``default``."""
+
+    def __init__(self, api_keys: dict[str, str]) -> None:
+        self._api_keys = dict(api_keys)
+
+    def tenant_for(self, key: str) -> str | None:
+        found = None
+        for known, tenant in self._api_keys.items():
+            if hmac.compare_digest(known.encode(), key.encode()):
+                found = tenant
+        return found
+
+    def _check(self, details: grpc.HandlerCallDetails) -> str:
+        if not self._api_keys:
+            return DEFAULT_TENANT
+        key = api_key_from(_metadata(details))
+        if not key:
+            raise Unauthenticated(
+                "no API key: send it in the `x-api-key` metadata (or `authorization: Bearer KEY`)"
+            )
+        tenant = self.tenant_for(key)
+        if tenant is None:
+            raise Unauthenticated(
+                "API key not recognised: check the key against POLICYOPT_API_KEYS on the server"
+            )
+        return tenant
+
+    def intercept_service(
+        self, continuation: Continuation, details: grpc.HandlerCallDetails
+    ) -> grpc.RpcMethodHandler | None:
+        handler = continuation(details)
+        if handler is None or details.method.startswith(OPEN_METHOD_PREFIXES):
+            return handler
+        try:
+            tenant = self._check(details)
+        except Unauthenticated as exc:
+            rejection = exc
+            return wrap_handler(handler, lambda _b, streaming: _rejecting(rejection, streaming))
+        ctx = contextvars.copy_context()
+        ctx.run(_tenant.set, tenant)
+        return wrap_handler(handler, lambda behavior, streaming: _run_in(ctx, behavior, streaming))
+
+
+def _rejecting(exc: Unauthenticated, streaming: bool) -> Callable[..., object]:
+    def reject(_request: object, context: grpc.ServicerContext) -> object:
+        abort_with(context, exc)
+        return None
+
+    def reject_stream(_request: object, context: grpc.ServicerContext) -> Iterator[object]:
+        abort_with(context, exc)
+        yield from ()
+
+    return reject_stream if streaming else reject
+
+
+class TelemetryInterceptor(grpc.ServerInterceptor):
+    """A server span per call, parented on the trace context in the call's metadata."""
+
+    def intercept_service(
+        self, continuation: Continuation, details: grpc.HandlerCallDetails
+    ) -> grpc.RpcMethodHandler | None:
+        handler = continuation(details)
+        if handler is None:
+            return handler
+        carrier = _metadata(details)
+        name = details.method.lstrip("/")
+
+        def wrap(behavior: Callable[..., object], streaming: bool) -> Callable[..., object]:
+            def unary(request: object, context: grpc.ServicerContext) -> object:
+                with _server_span(name, carrier):
+                    return behavior(request, context)
+
+            def stream(request: object, context: grpc.ServicerContext) -> Iterator[object]:
+                with _server_span(name, carrier):
+                    yield from behavior(request, context)  # type: ignore[misc]
+
+            return stream if streaming else unary
+
+        return wrap_handler(handler, wrap)
+
+
+def _server_span(name: str, carrier: dict[str, str]) -> trace.Span:
+    attributes = {"rpc.system": "grpc", "rpc.method": name}
+    return tracer("policyopt.server").start_as_current_span(  # type: ignore[return-value]
+        name, context=propagate.extract(carrier), kind=trace.SpanKind.SERVER, attributes=attributes
+    )
+
+
+class ErrorInterceptor(grpc.ServerInterceptor):
+    """Exceptions raised by handlers -> gRPC statuses, via ``server.errors.abort_with``."""
+
+    def intercept_service(
+        self, continuation: Continuation, details: grpc.HandlerCallDetails
+    ) -> grpc.RpcMethodHandler | None:
+        handler = continuation(details)
+        return None if handler is None else wrap_handler(handler, _mapping_errors)
+
+
+def _already_aborted(context: grpc.ServicerContext) -> bool:
+    code = context.code()
+    return code is not None and code != grpc.StatusCode.OK
+
+
+def _mapping_errors(behavior: Callable[..., object], streaming: bool) -> Callable[..., object]:
+    def unary(request: object, context: grpc.ServicerContext) -> object:
+        try:
+            return behavior(request, context)
+        except Exception as exc:
+            if _already_aborted(context):
+                raise
+            abort_with(context, exc)
+            raise  # unreachable: abort_with raises
+
+    def stream(request: object, context: grpc.ServicerContext) -> Iterator[object]:
+        try:
+            yield from behavior(request, context)  # type: ignore[misc]
+        except Exception as exc:
+            if _already_aborted(context):
+                raise
+            abort_with(context, exc)
+
+    return stream if streaming else unary
+
+
+def server_interceptors(api_keys: dict[str, str]) -> Sequence[grpc.ServerInterceptor]:
+    """The interceptor chain in order: auth -> telemetry -> errors."""
+    return (AuthInterceptor(api_keys), TelemetryInterceptor(), ErrorInterceptor())

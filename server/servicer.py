@@ -1,0 +1,216 @@
+"""``PolicyOptimizer``: runs, prompts, reward endpoints, methods and adapters over RunStore/WorkQueue.
+
+The tenant comes from ``interceptors.current_tenant()``; a run of another tenant is NOT_FOUND.
+Errors are raised as ``policyopt.core.errors`` and mapped to statuses by the error interceptor.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import grpc
+import redis
+from policyopt.core.errors import FailedPrecondition, InvalidArgument
+from policyopt.core.settings import Settings
+from policyopt.core.telemetry import inject_context
+from policyopt.core.types import MethodChoice, PromptTask, Run, RunStatus
+from policyopt.server import convert, streams
+from policyopt.server.interceptors import current_tenant
+from policyopt.server.validation import MethodResolver, PromptLengthChecker, validate_run_config
+from policyopt.v1 import policyopt_pb2 as pb
+from policyopt.v1 import policyopt_pb2_grpc as pb_grpc
+from policyopt.workers.adapters import AdapterStore, LocalAdapterStore
+from policyopt.workers.queue import WorkQueue
+from policyopt.workers.store import RewardEndpointInfo, RunStore
+
+_ENDPOINT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+_ADDRESS = re.compile(r"^(\[[0-9a-fA-F:]+\]|[A-Za-z0-9.-]+):\d{1,5}$")
+
+
+@dataclass(frozen=True)
+class MethodLibrary:
+    """What the servicer needs from ``policyopt.workers.algorithms``."""
+
+    resolve: MethodResolver
+    catalog: Callable[[], convert.MethodCatalog]
+
+
+def _resolve_method(choice: MethodChoice) -> object:
+    from policyopt.workers.algorithms import resolve_method
+
+    return resolve_method(choice)
+
+
+def _list_methods() -> convert.MethodCatalog:
+    from policyopt.workers.algorithms import list_methods
+
+    return list_methods()
+
+
+def default_method_library() -> MethodLibrary:
+    """The method library (imported on first use: it pulls in torch)."""
+    return MethodLibrary(resolve=_resolve_method, catalog=_list_methods)
+
+
+class PolicyOptimizerServicer(pb_grpc.PolicyOptimizerServicer):
+    def __init__(
+        self, settings: Settings, r: redis.Redis, methods: MethodLibrary, poll_ms: int = 1000
+    ) -> None:
+        self.settings = settings
+        self.store = RunStore(r)
+        self.queue = WorkQueue(
+            r, claim_idle_ms=settings.claim_idle_ms, max_queued_prompts=settings.max_queued_prompts
+        )
+        self.methods = methods
+        self.adapters: AdapterStore = LocalAdapterStore(settings.adapter_root)
+        self.lengths = PromptLengthChecker(settings.data_dir)
+        self.poll_ms = poll_ms
+
+    def _run(self, run_id: str) -> Run:
+        return self.store.get_run(run_id, current_tenant())
+
+    # -- reward endpoints ------------------------------------------------------------------------
+    def RegisterRewardEndpoint(
+        self, request: pb.RegisterRewardEndpointRequest, context: grpc.ServicerContext
+    ) -> pb.RewardEndpoint:
+        if not _ENDPOINT_NAME.match(request.name):
+            raise InvalidArgument(
+                f"endpoint name {request.name!r} must be 1-64 letters, digits, '.', '_' or '-'"
+            )
+        if not _ADDRESS.match(request.address):
+            raise InvalidArgument(
+                f"endpoint address {request.address!r} must be host:port, e.g. 127.0.0.1:50052"
+            )
+        if request.timeout_s < 0:
+            raise InvalidArgument(f"timeout_s must be >= 0 (0: the server default), got {request.timeout_s}")
+        endpoint = RewardEndpointInfo(
+            name=request.name,
+            address=request.address,
+            timeout_s=request.timeout_s or self.settings.reward_timeout_s,
+        )
+        return convert.endpoint_to_proto(self.store.register_endpoint(current_tenant(), endpoint))
+
+    def ListRewardEndpoints(
+        self, request: pb.ListRewardEndpointsRequest, context: grpc.ServicerContext
+    ) -> pb.ListRewardEndpointsResponse:
+        endpoints = self.store.list_endpoints(current_tenant())
+        return pb.ListRewardEndpointsResponse(endpoints=[convert.endpoint_to_proto(e) for e in endpoints])
+
+    # -- runs ----------------------------------------------------------------------------------------
+    def CreateRun(self, request: pb.CreateRunRequest, context: grpc.ServicerContext) -> pb.Run:
+        config = convert.run_config_from_request(request)
+        validate_run_config(config)
+        self.methods.resolve(config.method)
+        if config.reward_endpoint:
+            self.store.get_endpoint(current_tenant(), config.reward_endpoint)
+        self.lengths.model(config.base_model)  # the model must resolve and its tokenizer load
+        return convert.run_to_proto(self.store.create_run(current_tenant(), config))
+
+    def GetRun(self, request: pb.GetRunRequest, context: grpc.ServicerContext) -> pb.Run:
+        return convert.run_to_proto(self._run(request.run_id))
+
+    def ListRuns(self, request: pb.ListRunsRequest, context: grpc.ServicerContext) -> pb.ListRunsResponse:
+        runs = self.store.list_runs(current_tenant())
+        return pb.ListRunsResponse(runs=[convert.run_to_proto(r) for r in runs])
+
+    def CancelRun(self, request: pb.CancelRunRequest, context: grpc.ServicerContext) -> pb.Run:
+        self._run(request.run_id)
+        return convert.run_to_proto(self.store.set_status(request.run_id, RunStatus.CANCELLED))
+
+    def WatchRun(self, request: pb.WatchRunRequest, context: grpc.ServicerContext) -> Iterator[pb.RunEvent]:
+        self._run(request.run_id)
+        for event in streams.run_events(
+            self.store, request.run_id, request.after_event_id, context.is_active, self.poll_ms
+        ):
+            yield convert.event_to_proto(event)
+
+    # -- prompts ---------------------------------------------------------------------------------------
+    def SubmitPrompts(
+        self, request: pb.SubmitPromptsRequest, context: grpc.ServicerContext
+    ) -> pb.SubmitPromptsResponse:
+        run = self._run(request.run_id)
+        prompts = convert.prompts_from_request(request)
+        self._check_accepts_prompts(run, [text for text, _ in prompts])
+        trace = inject_context()
+        tasks = [
+            PromptTask(
+                run_id=run.run_id,
+                prompt_id=f"p-{uuid.uuid4().hex[:12]}",
+                prompt=text,
+                metadata=meta,
+                trace=trace,
+            )
+            for text, meta in prompts
+        ]
+        self.queue.enqueue_prompts(tasks)
+        pipe = self.store.r.pipeline(transaction=False)
+        self.store.count_prompts(pipe, run.run_id, len(tasks))
+        pipe.execute()
+        return pb.SubmitPromptsResponse(prompt_ids=[t.prompt_id for t in tasks])
+
+    def _check_accepts_prompts(self, run: Run, texts: list[str]) -> None:
+        if run.status != RunStatus.RUNNING:
+            raise FailedPrecondition(
+                f"run {run.run_id} is {run.status.value} and takes no more prompts; create a new run"
+            )
+        if not texts:
+            raise InvalidArgument("no prompts: SubmitPrompts needs at least one prompt with non-empty text")
+        empty = [i for i, text in enumerate(texts) if not text.strip()]
+        if empty:
+            raise InvalidArgument(f"prompts {empty} have empty text; every prompt needs text")
+        if not run.config.reward_endpoint:
+            raise FailedPrecondition(
+                f"run {run.run_id} has no reward endpoint, so prompts cannot be scored; "
+                "create the run with reward_endpoint, or send scored trajectories with SubmitTrajectories"
+            )
+        self.store.get_endpoint(run.tenant, run.config.reward_endpoint)
+        self.lengths.check(run.config, texts)
+
+    def SubmitTrajectories(
+        self, request: pb.SubmitTrajectoriesRequest, context: grpc.ServicerContext
+    ) -> pb.SubmitTrajectoriesResponse:
+        self._run(request.run_id)
+        context.abort(
+            grpc.StatusCode.UNIMPLEMENTED, "SubmitTrajectories is not available yet; use SubmitPrompts"
+        )
+        raise AssertionError("unreachable")
+
+    # -- adapters --------------------------------------------------------------------------------------
+    def ListAdapters(
+        self, request: pb.ListAdaptersRequest, context: grpc.ServicerContext
+    ) -> pb.ListAdaptersResponse:
+        self._run(request.run_id)
+        versions = self.store.list_versions(request.run_id)
+        return pb.ListAdaptersResponse(versions=[convert.manifest_to_proto(m) for m in versions])
+
+    def PullAdapter(
+        self, request: pb.PullAdapterRequest, context: grpc.ServicerContext
+    ) -> Iterator[pb.AdapterChunk]:
+        self._run(request.run_id)
+        manifest = self.store.get_version(request.run_id, streams.parse_version(request.version))
+        directory = self.adapters.open_version(manifest.run_id, manifest.version)
+        first: pb.AdapterVersion | None = convert.manifest_to_proto(manifest)
+        for name, data, last, sha256 in streams.file_chunks(directory, manifest):
+            yield pb.AdapterChunk(manifest=first, file_name=name, data=data, last=last, sha256=sha256)
+            first = None
+        if first is not None:  # a manifest without files still sends the manifest
+            yield pb.AdapterChunk(manifest=first)
+
+    def WatchAdapters(
+        self, request: pb.WatchAdaptersRequest, context: grpc.ServicerContext
+    ) -> Iterator[pb.AdapterVersion]:
+        self._run(request.run_id)
+        versions = streams.new_versions(
+            self.store, request.run_id, request.after_version, context.is_active, self.poll_ms
+        )
+        for manifest in versions:
+            yield convert.manifest_to_proto(manifest)
+
+    # -- methods ---------------------------------------------------------------------------------------
+    def ListMethods(
+        self, request: pb.ListMethodsRequest, context: grpc.ServicerContext
+    ) -> pb.ListMethodsResponse:
+        return convert.methods_to_proto(self.methods.catalog())

@@ -1,0 +1,94 @@
+"""The long-lived and chunked streams: run events, new adapter versions, adapter files.
+
+Each loop blocks on Redis for at most ``poll_ms`` at a time and stops as soon as the client cancels
+(``is_active()`` turns false) or the run has ended and everything has been sent.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+from policyopt.core.errors import FailedPrecondition, InvalidArgument
+from policyopt.core.types import AdapterManifest, RunEvent, RunStatus
+from policyopt.workers.store import PUBLISHED_STREAM, RunStore
+
+CHUNK_BYTES = 1 << 20
+IsActive = Callable[[], bool]
+
+
+def parse_version(text: str) -> int | str:
+    """``"latest"`` (or empty) stays a string; anything else must be a positive integer."""
+    if text in ("", "latest"):
+        return "latest"
+    if not text.isdigit() or int(text) < 1:
+        raise InvalidArgument(f"version must be 'latest' or a positive integer, got {text!r}")
+    return int(text)
+
+
+def _is_running(store: RunStore, run_id: str) -> bool:
+    return store.get_run(run_id).status == RunStatus.RUNNING
+
+
+def run_events(
+    store: RunStore, run_id: str, after_id: str, is_active: IsActive, poll_ms: int
+) -> Iterator[RunEvent]:
+    """Events after ``after_id``, following the run until it ends or the client leaves."""
+    cursor = after_id or "0"
+    while is_active():
+        events = store.read_events(run_id, cursor, block_ms=poll_ms)
+        for event in events:
+            yield event
+            cursor = event.event_id
+        if not events and not _is_running(store, run_id):
+            return
+
+
+def _last_published_id(store: RunStore) -> str:
+    newest = store.r.xrevrange(PUBLISHED_STREAM, count=1)
+    return newest[0][0].decode() if newest else "0-0"
+
+
+def new_versions(
+    store: RunStore, run_id: str, after_version: int, is_active: IsActive, poll_ms: int
+) -> Iterator[AdapterManifest]:
+    """Versions above ``after_version`` as they are published; the publication stream is only a wake-up."""
+    cursor = _last_published_id(store)  # taken before listing, so nothing published in between is missed
+    sent = after_version
+    while is_active():
+        for manifest in store.list_versions(run_id):
+            if manifest.version > sent:
+                yield manifest
+                sent = manifest.version
+        if not _is_running(store, run_id):
+            return
+        published = store.read_published(cursor, block_ms=poll_ms)
+        if published:
+            cursor = published[-1][0]
+
+
+def file_chunks(directory: Path, manifest: AdapterManifest) -> Iterator[tuple[str, bytes, bool, str]]:
+    """(file name, data, last, sha256 on the last chunk) for every file of the manifest, in name order."""
+    for name in sorted(manifest.files):
+        path = directory / name
+        if Path(name).name != name or name in ("", ".", ".."):
+            raise FailedPrecondition(
+                f"manifest of {manifest.run_id} v{manifest.version} names an unsafe file {name!r}"
+            )
+        if not path.is_file():
+            raise FailedPrecondition(
+                f"adapter file {name} of run {manifest.run_id} version {manifest.version} is missing from "
+                f"the adapter store at {directory}; check POLICYOPT_ADAPTER_STORE on the server"
+            )
+        digest = hashlib.sha256()
+        with path.open("rb") as fh:
+            data = fh.read(CHUNK_BYTES)
+            while True:
+                digest.update(data)
+                following = fh.read(CHUNK_BYTES)
+                if not following:
+                    yield name, data, True, digest.hexdigest()
+                    break
+                yield name, data, False, ""
+                data = following
