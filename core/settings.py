@@ -47,6 +47,9 @@ class Settings:
     claim_idle_ms: int = 60000
     """A pending message idle this long is claimed by another worker (its owner is presumed dead)."""
     log_level: str = "INFO"
+    vllm_urls: tuple[str, ...] = ()
+    """vLLM servers (``http://host:port``) for runs with ``engine="vllm"``; the rollout worker splits
+    each batch across them. Env ``POLICYOPT_VLLM_URL``, comma-separated."""
 
     @property
     def adapter_root(self) -> Path:
@@ -72,6 +75,7 @@ _ENV = {
     "POLICYOPT_MAX_QUEUED_PROMPTS": "max_queued_prompts",
     "POLICYOPT_CLAIM_IDLE_MS": "claim_idle_ms",
     "POLICYOPT_LOG_LEVEL": "log_level",
+    "POLICYOPT_VLLM_URL": "vllm_urls",
 }
 
 
@@ -92,6 +96,9 @@ def _coerce(name: str, raw: object) -> object:
         if isinstance(raw, dict):
             return {str(k): str(v) for k, v in raw.items()}
         return parse_api_keys(str(raw))
+    if name == "vllm_urls":
+        items = raw if isinstance(raw, list | tuple) else str(raw).split(",")
+        return tuple(u.strip().rstrip("/") for u in items if str(u).strip())
     if name == "redis_url":
         return str(raw) or None
     try:

@@ -140,7 +140,9 @@ class AdapterManifest:
     method: str
     metrics: dict[str, float] = field(default_factory=dict)
     files: dict[str, str] = field(default_factory=dict)  # file name -> sha256
-    group_ids: list[str] = field(default_factory=list)  # groups the step trained on (exactly-once bookkeeping)
+    group_ids: list[str] = field(
+        default_factory=list
+    )  # groups the step trained on (exactly-once bookkeeping)
     created_at: float = field(default_factory=time.time)
 
 
@@ -172,7 +174,7 @@ def _build(cls: type, data: Any) -> Any:
         return cls(**kwargs)
     origin = getattr(cls, "__origin__", None)
     if origin is list and isinstance(data, list):
-        (inner,) = cls.__args__
+        (inner,) = cls.__args__  # type: ignore[attr-defined]
         return [_build(inner, v) for v in data]
     if origin is tuple and isinstance(data, list):
         return tuple(data)

@@ -53,7 +53,9 @@ class EmbeddedValkey:
     Use as a context manager, or call ``start()``/``stop()``. ``url`` is a ``redis://`` URL.
     """
 
-    def __init__(self, data_dir: str | Path, *, host: str = "127.0.0.1", port: int = 0, appendonly: bool = True):
+    def __init__(
+        self, data_dir: str | Path, *, host: str = "127.0.0.1", port: int = 0, appendonly: bool = True
+    ):
         self.data_dir = Path(data_dir)
         self.host = host
         self.port = port
@@ -88,7 +90,11 @@ class EmbeddedValkey:
             self.stop()
             if self.port:
                 break
-        log_tail = (self.data_dir / "valkey.log").read_text(errors="replace")[-2000:] if (self.data_dir / "valkey.log").exists() else ""
+        log_tail = (
+            (self.data_dir / "valkey.log").read_text(errors="replace")[-2000:]
+            if (self.data_dir / "valkey.log").exists()
+            else ""
+        )
         raise Unavailable(f"embedded Valkey did not start in {timeout_s}s; its log ends:\n{log_tail}")
 
     def _wait_ready(self, host: str, port: int, timeout_s: float) -> bool:
@@ -117,5 +123,7 @@ class EmbeddedValkey:
     def __enter__(self) -> EmbeddedValkey:
         return self.start()
 
-    def __exit__(self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None) -> None:
+    def __exit__(
+        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.stop()

@@ -5,5 +5,5 @@ cd "$(dirname "$0")/.."
 python -m pip install -q -e ".[test]"
 python -m ruff check .
 python -m ruff format --check .
-python -m mypy
+python tools/typecheck.py
 python -m pytest -q -rs --durations=15 "$@"

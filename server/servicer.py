@@ -146,9 +146,6 @@ class PolicyOptimizerServicer(pb_grpc.PolicyOptimizerServicer):
             for text, meta in prompts
         ]
         self.queue.enqueue_prompts(tasks)
-        pipe = self.store.r.pipeline(transaction=False)
-        self.store.count_prompts(pipe, run.run_id, len(tasks))
-        pipe.execute()
         return pb.SubmitPromptsResponse(prompt_ids=[t.prompt_id for t in tasks])
 
     def _check_accepts_prompts(self, run: Run, texts: list[str]) -> None:

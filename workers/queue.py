@@ -16,10 +16,12 @@ import logging
 import os
 import socket
 from collections.abc import Iterable
+from typing import cast
 
 import redis
 from policyopt.core.errors import ResourceExhausted
 from policyopt.core.types import PromptTask, TrajectoryGroup, from_json, to_json
+from policyopt.workers.redis_conn import StreamEntries, stream_entries, text
 
 log = logging.getLogger(__name__)
 
@@ -49,24 +51,12 @@ def _ensure_group(r: redis.Redis, stream: str, group: str) -> None:
             raise
 
 
-def _entries(reply: object) -> list[tuple[bytes, dict[bytes, bytes]]]:
-    """Entries from XREADGROUP or XAUTOCLAIM replies, whatever their length (Redis 6.2 vs 7+)."""
-    if not reply:
-        return []
-    if isinstance(reply, list) and reply and isinstance(reply[0], list | tuple) and len(reply[0]) == 2 \
-            and isinstance(reply[0][1], list):
-        # XREADGROUP: [[stream, [(id, fields), ...]], ...]
-        out: list[tuple[bytes, dict[bytes, bytes]]] = []
-        for _stream, items in reply:
-            out.extend((mid, fields) for mid, fields in items if fields)
-        return out
-    return []
-
-
-def _autoclaim(r: redis.Redis, stream: str, group: str, consumer: str, min_idle_ms: int, count: int) -> list[tuple[bytes, dict[bytes, bytes]]]:
+def _autoclaim(
+    r: redis.Redis, stream: str, group: str, consumer: str, min_idle_ms: int, count: int
+) -> StreamEntries:
     reply = r.xautoclaim(stream, group, consumer, min_idle_time=min_idle_ms, start_id="0-0", count=count)
     # [next_id, entries] on 6.2, [next_id, entries, deleted_ids] on 7+: take the second element only.
-    items = reply[1] if isinstance(reply, list | tuple) and len(reply) >= 2 else []
+    items: StreamEntries = reply[1] if isinstance(reply, list | tuple) and len(reply) >= 2 else []
     return [(mid, fields) for mid, fields in items if fields]
 
 
@@ -95,16 +85,21 @@ class WorkQueue:
         for task in tasks:
             pipe.xadd(PROMPTS_STREAM, {"data": to_json(task)})
         pipe.incrby(queued_prompts_key(run_id), len(tasks))
-        ids = pipe.execute()[:-1]
+        pipe.hincrby(f"po:run:{run_id}", "prompts", len(tasks))  # the run's submitted-prompts counter
+        ids = pipe.execute()[: len(tasks)]
         return [i.decode() for i in ids]
 
-    def claim_prompts(self, consumer: str, count: int = 1, block_ms: int = 1000) -> list[tuple[str, PromptTask]]:
+    def claim_prompts(
+        self, consumer: str, count: int = 1, block_ms: int = 1000
+    ) -> list[tuple[str, PromptTask]]:
         """Prompts for this consumer: its own pending ones first, then abandoned ones, then new ones."""
-        entries = _entries(self.r.xreadgroup(ROLLOUT_GROUP, consumer, {PROMPTS_STREAM: "0"}, count=count))
+        entries = stream_entries(
+            self.r.xreadgroup(ROLLOUT_GROUP, consumer, {PROMPTS_STREAM: "0"}, count=count)
+        )
         if not entries:
             entries = _autoclaim(self.r, PROMPTS_STREAM, ROLLOUT_GROUP, consumer, self.claim_idle_ms, count)
         if not entries:
-            entries = _entries(
+            entries = stream_entries(
                 self.r.xreadgroup(ROLLOUT_GROUP, consumer, {PROMPTS_STREAM: ">"}, count=count, block=block_ms)
             )
         return [(mid.decode(), from_json(PromptTask, fields[b"data"])) for mid, fields in entries]
@@ -123,19 +118,27 @@ class WorkQueue:
 
     def touch_prompt(self, consumer: str, message_id: str) -> None:
         """Reset the idle time of a prompt still being worked on, so no one else claims it."""
-        self.r.xclaim(PROMPTS_STREAM, ROLLOUT_GROUP, consumer, min_idle_time=0, message_ids=[message_id], justid=True)
+        self.r.xclaim(
+            PROMPTS_STREAM, ROLLOUT_GROUP, consumer, min_idle_time=0, message_ids=[message_id], justid=True
+        )
 
     # -- groups ----------------------------------------------------------------------------------
-    def read_groups(self, run_id: str, consumer: str, count: int, block_ms: int = 1000) -> list[tuple[str, TrajectoryGroup]]:
+    def read_groups(
+        self, run_id: str, consumer: str, count: int, block_ms: int = 1000
+    ) -> list[tuple[str, TrajectoryGroup]]:
         """Groups for this trainer: own pending first, then abandoned, then new."""
         stream = groups_stream(run_id)
         _ensure_group(self.r, stream, TRAINER_GROUP)
-        entries = _entries(self.r.xreadgroup(TRAINER_GROUP, consumer, {stream: "0"}, count=count))
+        entries = stream_entries(self.r.xreadgroup(TRAINER_GROUP, consumer, {stream: "0"}, count=count))
         if len(entries) < count:
-            entries += _autoclaim(self.r, stream, TRAINER_GROUP, consumer, self.claim_idle_ms, count - len(entries))
+            entries += _autoclaim(
+                self.r, stream, TRAINER_GROUP, consumer, self.claim_idle_ms, count - len(entries)
+            )
         if len(entries) < count:
-            entries += _entries(
-                self.r.xreadgroup(TRAINER_GROUP, consumer, {stream: ">"}, count=count - len(entries), block=block_ms)
+            entries += stream_entries(
+                self.r.xreadgroup(
+                    TRAINER_GROUP, consumer, {stream: ">"}, count=count - len(entries), block=block_ms
+                )
             )
         seen: set[bytes] = set()
         out = []
@@ -156,8 +159,14 @@ class WorkQueue:
         out: list[tuple[str, TrajectoryGroup]] = []
         cursor: bytes | str = "0-0"
         while True:
-            reply = self.r.xautoclaim(stream, TRAINER_GROUP, consumer, min_idle_time=0, start_id=cursor, count=100)
-            out.extend((mid.decode(), from_json(TrajectoryGroup, fields[b"data"])) for mid, fields in reply[1] if fields)
+            reply = self.r.xautoclaim(
+                stream, TRAINER_GROUP, consumer, min_idle_time=0, start_id=cursor, count=100
+            )
+            out.extend(
+                (mid.decode(), from_json(TrajectoryGroup, fields[b"data"]))
+                for mid, fields in reply[1]
+                if fields
+            )
             cursor = reply[0]
             if cursor in (b"0-0", "0-0"):
                 return out
@@ -166,7 +175,7 @@ class WorkQueue:
         stream = groups_stream(run_id)
         _ensure_group(self.r, stream, TRAINER_GROUP)
         rows = self.r.xpending_range(stream, TRAINER_GROUP, min="-", max="+", count=100000)
-        return [row["message_id"].decode() for row in rows]
+        return [text(row["message_id"]) for row in cast(list[dict[str, bytes]], rows)]
 
     def ack_groups(self, pipe: redis.client.Pipeline, run_id: str, message_ids: Iterable[str]) -> None:
         ids = list(message_ids)

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import redis
+from typing import cast
 
+import redis
 from policyopt.core.errors import Unavailable
 from policyopt.core.settings import Settings
 
@@ -22,5 +23,26 @@ def connect(settings: Settings) -> redis.Redis:
     info = client.info("server")
     version = tuple(int(p) for p in str(info.get("redis_version", "0")).split(".")[:2])
     if version < (6, 2):
-        raise Unavailable(f"Redis at {settings.redis_url} is {info.get('redis_version')}; streams need >= 6.2")
+        raise Unavailable(
+            f"Redis at {settings.redis_url} is {info.get('redis_version')}; streams need >= 6.2"
+        )
     return client
+
+
+StreamEntries = list[tuple[bytes, dict[bytes, bytes]]]
+
+
+def text(value: object) -> str:
+    """A Redis reply value (bytes by default) as str."""
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def stream_entries(reply: object) -> StreamEntries:
+    """The entries of an XREAD/XREADGROUP reply ``[[stream, [(id, fields), ...]], ...]``.
+
+    Entries whose fields are empty (deleted while still pending) are skipped.
+    """
+    out: StreamEntries = []
+    for _stream, items in cast(list[tuple[bytes, StreamEntries]], reply or []):
+        out.extend((mid, fields) for mid, fields in items if fields)
+    return out

@@ -28,6 +28,7 @@ from policyopt.core.types import (
     to_json,
 )
 from policyopt.workers.queue import WorkQueue
+from policyopt.workers.redis_conn import stream_entries, text
 
 PUBLISHED_STREAM = "po:adapters:published"
 EVENTS_MAXLEN = 10000
@@ -64,7 +65,7 @@ class RunStore:
     def get_endpoint(self, tenant: str, name: str) -> RewardEndpointInfo:
         raw = self.r.hget(f"po:tenant:{tenant}:endpoints", name)
         if raw is None:
-            known = sorted(n.decode() for n in self.r.hkeys(f"po:tenant:{tenant}:endpoints"))
+            known = sorted(text(n) for n in self.r.hkeys(f"po:tenant:{tenant}:endpoints"))
             raise NotFound(
                 f"reward endpoint {name!r} is not registered; register it with RegisterRewardEndpoint "
                 f"(registered: {known or 'none'})"
@@ -79,7 +80,10 @@ class RunStore:
     def create_run(self, tenant: str, config: RunConfig) -> Run:
         run = Run(run_id=f"run-{uuid.uuid4().hex[:12]}", tenant=tenant, config=config)
         pipe = self.r.pipeline(transaction=True)
-        pipe.hset(_run_key(run.run_id), mapping={"data": to_json(run), "version": 0, "step": 0, "prompts": 0, "groups": 0})
+        pipe.hset(
+            _run_key(run.run_id),
+            mapping={"data": to_json(run), "version": 0, "step": 0, "prompts": 0, "groups": 0},
+        )
         pipe.sadd(f"po:tenant:{tenant}:runs", run.run_id)
         pipe.sadd("po:runs:active", run.run_id)
         pipe.execute()
@@ -103,12 +107,12 @@ class RunStore:
         )
 
     def list_runs(self, tenant: str) -> list[Run]:
-        ids = sorted(i.decode() for i in self.r.smembers(f"po:tenant:{tenant}:runs"))
+        ids = sorted(text(i) for i in self.r.smembers(f"po:tenant:{tenant}:runs"))
         runs = [self.get_run(i) for i in ids]
         return sorted(runs, key=lambda r: r.created_at)
 
     def active_run_ids(self) -> list[str]:
-        return sorted(i.decode() for i in self.r.smembers("po:runs:active"))
+        return sorted(text(i) for i in self.r.smembers("po:runs:active"))
 
     def set_status(self, run_id: str, status: RunStatus, error: str = "") -> Run:
         run = self.get_run(run_id)
@@ -120,24 +124,27 @@ class RunStore:
         if status != RunStatus.RUNNING:
             pipe.srem("po:runs:active", run_id)
         pipe.execute()
-        self.add_event(RunEvent(run_id=run_id, kind=EventKind.STATUS, message=status.value + (f": {error}" if error else "")))
+        self.add_event(
+            RunEvent(
+                run_id=run_id, kind=EventKind.STATUS, message=status.value + (f": {error}" if error else "")
+            )
+        )
         return run
-
-    def count_prompts(self, pipe: redis.client.Pipeline, run_id: str, n: int) -> None:
-        pipe.hincrby(_run_key(run_id), "prompts", n)
 
     # -- events --------------------------------------------------------------------------------------
     def add_event(self, event: RunEvent, pipe: redis.client.Pipeline | None = None) -> None:
         target = pipe if pipe is not None else self.r
-        target.xadd(_events_key(event.run_id), {"data": to_json(event)}, maxlen=EVENTS_MAXLEN, approximate=True)
+        target.xadd(
+            _events_key(event.run_id), {"data": to_json(event)}, maxlen=EVENTS_MAXLEN, approximate=True
+        )
 
-    def read_events(self, run_id: str, after_id: str = "0", block_ms: int | None = None, count: int = 100) -> list[RunEvent]:
+    def read_events(
+        self, run_id: str, after_id: str = "0", block_ms: int | None = None, count: int = 100
+    ) -> list[RunEvent]:
         reply = self.r.xread({_events_key(run_id): after_id or "0"}, count=count, block=block_ms)
-        events = []
-        for _stream, items in reply or []:
-            for mid, fields in items:
-                events.append(replace(from_json(RunEvent, fields[b"data"]), event_id=mid.decode()))
-        return events
+        return [
+            replace(from_json(RunEvent, f[b"data"]), event_id=text(mid)) for mid, f in stream_entries(reply)
+        ]
 
     # -- adapters ------------------------------------------------------------------------------------
     def commit_step(
@@ -170,26 +177,46 @@ class RunStore:
                     return
                 except redis.WatchError:
                     continue  # the lease was renewed (or taken) between WATCH and EXEC: check again
-        raise FailedPrecondition(f"run {manifest.run_id}: the lease kept changing during the commit of v{manifest.version}")
+        raise FailedPrecondition(
+            f"run {manifest.run_id}: the lease kept changing during the commit of v{manifest.version}"
+        )
 
-    def _queue_commit(self, pipe: redis.client.Pipeline, queue: WorkQueue, manifest: AdapterManifest,
-                      ids: list[str], events: list[RunEvent]) -> None:
+    def _queue_commit(
+        self,
+        pipe: redis.client.Pipeline,
+        queue: WorkQueue,
+        manifest: AdapterManifest,
+        ids: list[str],
+        events: list[RunEvent],
+    ) -> None:
         key = _run_key(manifest.run_id)
         pipe.hset(_adapters_key(manifest.run_id), str(manifest.version), to_json(manifest))
         pipe.hset(key, mapping={"version": manifest.version, "step": manifest.step})
         pipe.hincrby(key, "groups", len(manifest.group_ids or ids))  # trained, not filtered-out
         queue.ack_groups(pipe, manifest.run_id, ids)
         step_event = RunEvent(
-            run_id=manifest.run_id, kind=EventKind.STEP, step=manifest.step, version=manifest.version,
-            metrics=manifest.metrics, message=f"step {manifest.step}",
+            run_id=manifest.run_id,
+            kind=EventKind.STEP,
+            step=manifest.step,
+            version=manifest.version,
+            metrics=manifest.metrics,
+            message=f"step {manifest.step}",
         )
         version_event = RunEvent(
-            run_id=manifest.run_id, kind=EventKind.VERSION, step=manifest.step, version=manifest.version,
+            run_id=manifest.run_id,
+            kind=EventKind.VERSION,
+            step=manifest.step,
+            version=manifest.version,
             message=f"adapter version {manifest.version} published",
         )
         for event in [step_event, *events, version_event]:
             self.add_event(event, pipe)
-        pipe.xadd(PUBLISHED_STREAM, {"run_id": manifest.run_id, "version": manifest.version}, maxlen=EVENTS_MAXLEN, approximate=True)
+        pipe.xadd(
+            PUBLISHED_STREAM,
+            {"run_id": manifest.run_id, "version": manifest.version},
+            maxlen=EVENTS_MAXLEN,
+            approximate=True,
+        )
 
     def list_versions(self, run_id: str) -> list[AdapterManifest]:
         rows = self.r.hgetall(_adapters_key(run_id))
@@ -211,11 +238,7 @@ class RunStore:
     def read_published(self, after_id: str = "$", block_ms: int | None = None) -> list[tuple[str, str, int]]:
         """(stream id, run_id, version) of publications after ``after_id``."""
         reply = self.r.xread({PUBLISHED_STREAM: after_id}, count=100, block=block_ms)
-        out = []
-        for _stream, items in reply or []:
-            for mid, fields in items:
-                out.append((mid.decode(), fields[b"run_id"].decode(), int(fields[b"version"])))
-        return out
+        return [(text(mid), text(f[b"run_id"]), int(f[b"version"])) for mid, f in stream_entries(reply)]
 
     def record_error(self, run_id: str, message: str) -> None:
         self.add_event(RunEvent(run_id=run_id, kind=EventKind.ERROR, message=message))
