@@ -11,12 +11,15 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 
-from policyopt.cli import adapters, methods, runs, serve, serving_sync
+from policyopt.cli import adapters, demo, methods, runs, serve, serving_sync, up, worker
 from policyopt.cli.common import Subparsers
 from policyopt.core.errors import PolicyOptError
 
 COMMANDS: tuple[Callable[[Subparsers], None], ...] = (
+    demo.register,
+    up.register,
     serve.register,
+    worker.register,
     runs.register,
     adapters.register,
     methods.register,
