@@ -1,0 +1,1 @@
+"""policyopt.workers.train"""

@@ -1,0 +1,89 @@
+"""Collecting one step's trajectory groups from the run's stream, with DAPO dynamic sampling.
+
+Every group read stays pending (unacked) until the step that used it commits, so a trainer killed
+while collecting loses nothing. Groups the filter drops stay pending too and are acked with the
+commit; a later call re-reads its own pending groups first, so collecting may span calls.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from policyopt.core.types import TrajectoryGroup
+from policyopt.workers.queue import WorkQueue
+
+
+@dataclass
+class CollectedGroups:
+    """Groups for one step; ``dropped_*`` were read and filtered out (acked with the commit)."""
+
+    groups: list[TrajectoryGroup] = field(default_factory=list)
+    message_ids: list[str] = field(default_factory=list)
+    dropped_message_ids: list[str] = field(default_factory=list)
+    dropped_group_ids: list[str] = field(default_factory=list)
+    exhausted: bool = False  # the filter's limit on groups examined was reached
+
+    @property
+    def examined(self) -> int:
+        return len(self.groups) + len(self.dropped_message_ids)
+
+    @property
+    def group_ids(self) -> list[str]:
+        return [group_key(g, mid) for g, mid in zip(self.groups, self.message_ids, strict=True)]
+
+
+def group_key(group: TrajectoryGroup, message_id: str) -> str:
+    """The id a manifest records for a group: its own id, or the stream id when it has none."""
+    return group.group_id or message_id
+
+
+def has_zero_variance(group: TrajectoryGroup) -> bool:
+    """All raw rewards of the group equal (within 1e-9): its group-relative advantages are all zero."""
+    rewards = [t.reward for t in group.trajectories]
+    return not rewards or max(rewards) - min(rewards) <= 1e-9 * max(1.0, max(abs(r) for r in rewards))
+
+
+def collect_groups(
+    queue: WorkQueue,
+    run_id: str,
+    consumer: str,
+    target: int,
+    *,
+    keep: Callable[[TrajectoryGroup], bool] | None = None,
+    max_examined: int | None = None,
+    block_ms: int = 500,
+    should_continue: Callable[[], bool] = lambda: True,
+) -> CollectedGroups:
+    """Read groups (own pending, abandoned, then new) until ``target`` pass ``keep``.
+
+    Returns early with a short batch when the stream has nothing more right now, when
+    ``should_continue`` turns false, or (``exhausted``) after ``max_examined`` groups were read.
+    """
+    batch = CollectedGroups()
+    taken: set[str] = set()
+    limit = max_examined if keep is not None and max_examined else math.inf
+    while len(batch.groups) < target and should_continue():
+        room = limit - batch.examined
+        if room <= 0:
+            batch.exhausted = True
+            break
+        want = int(min(target - len(batch.groups), room))
+        # Own pending messages come back first, including the ones taken earlier in this loop.
+        entries = queue.read_groups(run_id, consumer, count=len(taken) + want, block_ms=block_ms)
+        fresh = [(mid, group) for mid, group in entries if mid not in taken]
+        if not fresh:
+            break
+        for mid, group in fresh[:want]:
+            taken.add(mid)
+            if keep is None or keep(group):
+                batch.groups.append(group)
+                batch.message_ids.append(mid)
+            else:
+                batch.dropped_message_ids.append(mid)
+                batch.dropped_group_ids.append(group_key(group, mid))
+    return batch
+
+
+__all__ = ["CollectedGroups", "collect_groups", "group_key", "has_zero_variance"]

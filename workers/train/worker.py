@@ -1,0 +1,364 @@
+"""The trainer worker: turns a run's queued trajectory groups into consecutive LoRA adapter versions.
+
+For each active run it can lease, one step is: collect ``prompts_per_step`` groups (they stay
+pending), ``PolicyUpdater.step``, checkpoint the trainer state as vN, publish adapter vN (atomic
+directory rename), then ``RunStore.commit_step`` (index + ack + events in one MULTI, guarded by the
+lease). ``recovery.reconcile_run`` finishes an interrupted commit when a trainer takes a run over.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import redis
+from policyopt.core.errors import PolicyOptError
+from policyopt.core.settings import Settings
+from policyopt.core.telemetry import span_from, tracer
+from policyopt.core.types import (
+    AdapterManifest,
+    EventKind,
+    RunConfig,
+    RunEvent,
+    RunStatus,
+)
+from policyopt.workers.adapters.store import AdapterStore, LocalAdapterStore
+from policyopt.workers.queue import WorkQueue, consumer_name
+from policyopt.workers.redis_conn import connect
+from policyopt.workers.store import RunStore
+from policyopt.workers.train import policy
+from policyopt.workers.train.checkpoint import CheckpointStore
+from policyopt.workers.train.collect import CollectedGroups, collect_groups
+from policyopt.workers.train.lease import LeaseKeeper
+from policyopt.workers.train.method_hooks import (
+    crash_for_test,
+    diagnostic_warnings,
+    group_filter_of,
+    pause_for_test,
+)
+from policyopt.workers.train.recovery import reconcile_run
+from policyopt.workers.train.session import (
+    RunSession,
+    UpdaterFactory,
+    build_updater,
+    load_session,
+    resolve_spec,
+)
+
+log = logging.getLogger(__name__)
+
+
+MAX_UPDATE_FAILURES = 3
+"""Consecutive failed updates of a run before it is marked FAILED (the same groups would fail again)."""
+
+
+class TrainerWorker:
+    """Trains every active run whose lease it can take. ``run_forever`` or ``train_once`` per run."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        redis_client: redis.Redis | None = None,
+        store: AdapterStore | None = None,
+        updater_factory: UpdaterFactory = build_updater,
+        spec_resolver: Callable[[RunConfig], object] = resolve_spec,
+        lease_ttl_ms: int = 30000,
+        block_ms: int = 500,
+        max_runs: int = 4,
+        retry_backoff_s: float = 5.0,
+    ):
+        self.settings = settings
+        self.r = redis_client if redis_client is not None else connect(settings)
+        self.queue = WorkQueue(
+            self.r, claim_idle_ms=settings.claim_idle_ms, max_queued_prompts=settings.max_queued_prompts
+        )
+        self.runs = RunStore(self.r)
+        self.store = store if store is not None else LocalAdapterStore(settings.adapter_root)
+        self.checkpoints = CheckpointStore(Path(settings.data_dir) / "checkpoints")
+        Path(settings.data_dir).mkdir(parents=True, exist_ok=True)
+        self.consumer = consumer_name("trainer")
+        self.leases = LeaseKeeper(self.r, self.consumer, lease_ttl_ms)
+        self.placement = policy.resolve_placement(settings.device)
+        self.threads = policy.configure_threads(settings.torch_threads)
+        self.block_ms = block_ms
+        self.max_runs = max_runs
+        self.retry_backoff_s = retry_backoff_s
+        self._updater_factory = updater_factory
+        self._spec_resolver = spec_resolver
+        self._sessions: dict[str, RunSession] = {}
+        self._update_failures: dict[str, int] = {}
+        self._stop = threading.Event()
+        log.info(
+            "trainer %s on %s (%s), %d torch threads",
+            self.consumer,
+            self.placement.device,
+            self.placement.dtype,
+            self.threads,
+        )
+
+    # -- loop ----------------------------------------------------------------------------------------
+    def run_forever(self, stop_event: threading.Event | None = None, idle_s: float = 0.5) -> None:
+        """Train until ``stop_event`` is set; a step in progress finishes or is abandoned cleanly."""
+        self._stop = stop_event or self._stop
+        try:
+            while not self._stop.is_set():
+                if not self._train_active_runs():
+                    self._stop.wait(idle_s)
+        finally:
+            self.close()
+
+    def _train_active_runs(self) -> bool:
+        """One pass over the active runs; True if any step was committed."""
+        try:
+            active = self.runs.active_run_ids()
+        except redis.RedisError as exc:
+            log.warning("cannot list active runs (Redis unreachable?), retrying: %s", exc)
+            return False
+        self._close_inactive(set(active))
+        trained = False
+        for run_id in active:
+            if self._stop.is_set():
+                break
+            trained |= self._train_guarded(run_id)
+        return trained
+
+    def _train_guarded(self, run_id: str) -> bool:
+        try:
+            return self.train_once(run_id)
+        except redis.RedisError as exc:
+            log.warning("run %s: Redis error, will retry: %s", run_id, exc)
+        except PolicyOptError as exc:
+            log.warning("run %s: %s", run_id, exc)
+            self._close_session(run_id)
+        except Exception:
+            log.exception("run %s: the step failed; its groups stay queued", run_id)
+            self._close_session(run_id)
+            self._stop.wait(self.retry_backoff_s)  # the cause (disk full, a bug) rarely clears at once
+        return False
+
+    def close(self) -> None:
+        """Release every lease so a successor starts at once; drop models."""
+        for run_id in list(self._sessions):
+            self._close_session(run_id)
+        self.leases.close()
+
+    # -- one step ------------------------------------------------------------------------------------
+    def train_once(self, run_id: str) -> bool:
+        """One step of ``run_id`` if this trainer can own it and enough groups are queued; True if committed."""
+        session = self._session(run_id)
+        if session is None:
+            return False
+        config = session.run.config
+        keep, max_examined = group_filter_of(session.spec, config.prompts_per_step)
+        batch = collect_groups(
+            self.queue,
+            run_id,
+            self.consumer,
+            config.prompts_per_step,
+            keep=keep,
+            max_examined=max_examined,
+            block_ms=self.block_ms,
+            should_continue=lambda: not self._stop.is_set() and self.leases.holds(run_id),
+        )
+        if len(batch.groups) < config.prompts_per_step and not (batch.exhausted and batch.groups):
+            if batch.exhausted:
+                self._ack_dropped_only(session, batch)
+            return False
+        if self._stop.is_set() or not self.leases.holds(run_id):
+            return False  # abandon before touching the model: the groups stay pending
+        try:
+            self._train_step(session, batch)
+        except BaseException:
+            self._close_session(run_id)  # the model may hold an uncommitted update: reload from the store
+            raise
+        if config.max_steps and session.version >= config.max_steps:
+            self._complete(run_id)
+        return True
+
+    def _train_step(self, session: RunSession, batch: CollectedGroups) -> None:
+        run_id, version = session.run.run_id, session.version + 1
+        with span_from(batch.groups[0].trace, "train_step", run_id=run_id, version=version):
+            started = time.monotonic()
+            metrics = self._update(session, batch, version)
+            pause_for_test()
+            metrics.update(
+                {
+                    "trainer/step_seconds": time.monotonic() - started,
+                    "trainer/groups": float(len(batch.groups)),
+                    "trainer/groups_dropped": float(len(batch.dropped_message_ids)),
+                }
+            )
+            self.checkpoints.save(
+                run_id,
+                version,
+                {
+                    "updater": session.updater.state_dict(),
+                    "dropped_group_ids": batch.dropped_group_ids,
+                },
+            )
+            crash_for_test("after_checkpoint", version)
+            with tracer().start_as_current_span("publish", attributes={"run_id": run_id, "version": version}):
+                manifest = self._publish(session, version, batch, metrics)
+                crash_for_test("after_publish", version)
+                events = self._warning_events(session, version, metrics, batch)
+                self.runs.commit_step(
+                    self.queue,
+                    manifest,
+                    batch.message_ids + batch.dropped_message_ids,
+                    events,
+                    guard=self.leases.guard(run_id),
+                )
+        session.version = version
+        log.info(
+            "run %s: committed version %d (%d groups, %.1fs)",
+            run_id,
+            version,
+            len(batch.groups),
+            metrics["trainer/step_seconds"],
+        )
+
+    def _update(self, session: RunSession, batch: CollectedGroups, version: int) -> dict[str, float]:
+        """``updater.step``; a run whose update keeps failing on the same groups is failed, with the reason."""
+        run_id = session.run.run_id
+        try:
+            metrics = dict(session.updater.step(batch.groups))
+        except Exception as exc:
+            failures = self._update_failures.get(run_id, 0) + 1
+            self._update_failures[run_id] = failures
+            message = f"the policy update of step {version} failed ({type(exc).__name__}: {exc})"
+            if failures >= MAX_UPDATE_FAILURES:
+                self._fail_run(run_id, f"{message}, {failures} times in a row")
+            else:
+                self.runs.record_error(
+                    run_id, f"{message}; retrying (attempt {failures} of {MAX_UPDATE_FAILURES})"
+                )
+            raise
+        self._update_failures.pop(run_id, None)
+        return metrics
+
+    def _publish(
+        self, session: RunSession, version: int, batch: CollectedGroups, metrics: dict[str, float]
+    ) -> AdapterManifest:
+        config = session.run.config
+        manifest = AdapterManifest(
+            run_id=session.run.run_id,
+            version=version,
+            step=version,
+            base_model=config.base_model,
+            method=config.method.preset,
+            metrics={k: float(v) for k, v in metrics.items()},
+            group_ids=batch.group_ids,
+        )
+        with tempfile.TemporaryDirectory(prefix="policyopt-adapter-", dir=self.settings.data_dir) as staging:
+            policy.save_adapter(session.model, Path(staging))
+            policy.save_critic(getattr(session.updater, "critic", None), Path(staging))
+            return self.store.publish(session.run.run_id, version, Path(staging), manifest)
+
+    def _ack_dropped_only(self, session: RunSession, batch: CollectedGroups) -> None:
+        """Every group examined up to the filter's limit was dropped: ack them without a step."""
+        pipe = self.r.pipeline(transaction=True)
+        self.queue.ack_groups(pipe, session.run.run_id, batch.dropped_message_ids)
+        self.runs.add_event(
+            RunEvent(
+                run_id=session.run.run_id,
+                kind=EventKind.WARNING,
+                step=session.version,
+                message=f"dynamic sampling dropped all {len(batch.dropped_message_ids)} groups it examined "
+                "(zero reward variance); vary prompt difficulty or raise "
+                "reward_side.group_filter.max_extra_rounds",
+            ),
+            pipe,
+        )
+        pipe.execute()
+
+    # -- method hooks --------------------------------------------------------------------------------
+    def _warning_events(
+        self, session: RunSession, version: int, metrics: dict[str, float], batch: CollectedGroups
+    ) -> list[RunEvent]:
+        messages = diagnostic_warnings(session.updater, session.spec, metrics)
+        if batch.exhausted:
+            messages.append(
+                f"dynamic sampling reached its limit after {batch.examined} groups; this step trained on "
+                f"{len(batch.groups)} of {session.run.config.prompts_per_step} groups; most groups have zero "
+                "reward variance (raise reward_side.group_filter.max_extra_rounds or vary prompt difficulty)"
+            )
+        return [
+            RunEvent(
+                run_id=session.run.run_id, kind=EventKind.WARNING, message=m, step=version, version=version
+            )
+            for m in messages
+        ]
+
+    # -- sessions ------------------------------------------------------------------------------------
+    def _session(self, run_id: str) -> RunSession | None:
+        session = self._sessions.get(run_id)
+        if session is not None:
+            if self.leases.holds(run_id):
+                return session
+            self._close_session(run_id)
+        if len(self._sessions) >= self.max_runs or not self.leases.acquire(run_id):
+            return None
+        try:
+            return self._open_session(run_id)
+        except BaseException:
+            self.leases.release(run_id)
+            raise
+
+    def _open_session(self, run_id: str) -> RunSession | None:
+        run = self.runs.get_run(run_id)
+        if run.status != RunStatus.RUNNING:
+            self.leases.release(run_id)
+            return None
+        version = reconcile_run(
+            run,
+            consumer=self.consumer,
+            queue=self.queue,
+            runs=self.runs,
+            store=self.store,
+            checkpoints=self.checkpoints,
+            guard=self.leases.guard(run_id),
+        )
+        if run.config.max_steps and version >= run.config.max_steps:
+            self._complete(run_id)
+            return None
+        session = load_session(
+            run,
+            version,
+            data_dir=self.settings.data_dir,
+            placement=self.placement,
+            store=self.store,
+            checkpoints=self.checkpoints,
+            spec_resolver=self._spec_resolver,
+            updater_factory=self._updater_factory,
+        )
+        self._sessions[run_id] = session
+        log.info("run %s: training from version %d", run_id, version)
+        return session
+
+    def _close_session(self, run_id: str) -> None:
+        self._sessions.pop(run_id, None)
+        self.leases.release(run_id)
+
+    def _close_inactive(self, active: set[str]) -> None:
+        for run_id in [r for r in self._sessions if r not in active]:
+            log.info("run %s is no longer active; dropping it", run_id)
+            self._close_session(run_id)
+
+    def _complete(self, run_id: str) -> None:
+        self.runs.set_status(run_id, RunStatus.COMPLETED)
+        self._close_session(run_id)
+        log.info("run %s reached max_steps; completed", run_id)
+
+    def _fail_run(self, run_id: str, message: str) -> None:
+        log.error("run %s: %s", run_id, message)
+        with contextlib.suppress(PolicyOptError):
+            self.runs.set_status(run_id, RunStatus.FAILED, error=message)
+
+
+__all__ = ["MAX_UPDATE_FAILURES", "TrainerWorker"]
