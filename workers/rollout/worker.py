@@ -246,7 +246,14 @@ class RolloutWorker:
                 _, old = self._engines.popitem(last=False)
                 old.close()
             log.info("loading %s engine for %s", config.engine, model_dir)
-            self._engines[key] = create_engine(config.engine, model_dir, device=self.settings.device)
+            self._engines[key] = create_engine(
+                config.engine,
+                model_dir,
+                device=self.settings.device,
+                urls=self.settings.vllm_urls,
+                # The newest version plus those a rollout may still lag behind by.
+                max_loaded_adapters=config.max_staleness + 1,
+            )
         self._engines.move_to_end(key)
         return self._engines[key]
 
