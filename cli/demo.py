@@ -34,10 +34,10 @@ class DemoSize:
 # Sized so that the default run takes about 10 minutes on 2 CPU cores, and `--model tiny` about one.
 SIZES = {
     "smollm2": DemoSize(
-        "smollm2", steps=24, group_size=6, prompts_per_step=4, max_new_tokens=12, learning_rate=2e-4
+        "smollm2", steps=36, group_size=6, prompts_per_step=4, max_new_tokens=12, learning_rate=2e-4
     ),
     "tiny": DemoSize(
-        "tiny", steps=15, group_size=8, prompts_per_step=4, max_new_tokens=8, learning_rate=3e-3
+        "tiny", steps=30, group_size=8, prompts_per_step=4, max_new_tokens=8, learning_rate=3e-2
     ),
 }
 
@@ -69,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"policyopt demo: {args.model}, {steps} steps of {args.method}; output in {out_dir}")
     print("preparing the base model (converted to safetensors once, then cached) ...")
     model_dir = resolve_base_model(size.model, settings.data_dir)
-    task = demo_task.DemoTask(seed=args.seed)
+    task = demo_task.TASKS[args.model](seed=args.seed)
     with (
         start_stack(settings, log_dir=out_dir / "logs") as stack,
         RewardServer(task.score, batch=True) as endpoint,

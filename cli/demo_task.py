@@ -70,4 +70,35 @@ class DemoTask:
         return [score_answer(c, answer) for c in completions]
 
 
-__all__ = ["DemoTask", "score_answer"]
+@dataclass
+class DigitsTask:
+    """The ``--model tiny`` task: a random tiny model cannot add, but it can learn to emit digits.
+
+    Reward: the share of the reply's non-space characters that are digits (0 to 1). Rollouts of a
+    random model differ in it, so GRPO has a signal from the first step.
+    """
+
+    seed: int = 0
+    description: str = "reply with digits only (reward: the share of the reply's characters that are digits)"
+    _rng: random.Random = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self._rng = random.Random(self.seed)
+
+    def prompts(self, n: int) -> tuple[list[str], list[dict[str, JSONValue]]]:
+        prompts = [f"Give me a number near {self._rng.randint(1, 99)}." for _ in range(n)]
+        return prompts, [{} for _ in prompts]
+
+    def score(self, prompt: str, completions: list[str], metadata: dict[str, JSONValue]) -> list[float]:
+        return [digit_share(c) for c in completions]
+
+
+def digit_share(completion: str) -> float:
+    chars = [c for c in completion if not c.isspace()]
+    return sum(c.isdigit() for c in chars) / len(chars) if chars else 0.0
+
+
+TASKS: dict[str, type[DemoTask] | type[DigitsTask]] = {"smollm2": DemoTask, "tiny": DigitsTask}
+"""The demo's task for each ``--model``."""
+
+__all__ = ["TASKS", "DemoTask", "DigitsTask", "digit_share", "score_answer"]

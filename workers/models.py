@@ -106,6 +106,7 @@ def build_tiny_model(
     num_layers: int = 2,
     num_heads: int = 2,
     max_positions: int = 512,
+    initializer_range: float = 0.2,
 ) -> Path:
     """Write a tiny random Llama (config, safetensors, tokenizer with chat template) to ``path``.
 
@@ -152,6 +153,9 @@ def build_tiny_model(
         eos_token_id=fast.eos_token_id,
         pad_token_id=fast.pad_token_id,
         tie_word_embeddings=True,
+        # Wider than Llama's 0.02 so the random model's next-token distribution is peaked, like a trained
+        # model's, rather than near uniform; LoRA updates can then move it within a few steps.
+        initializer_range=initializer_range,
         dtype="float32",
     )
     model = LlamaForCausalLM(config)

@@ -126,10 +126,9 @@ def test_a_prompt_without_room_is_refused(tmp_path: Path) -> None:
         engine._plan([[1] * 10], 4, {"n": 1})
 
 
-def test_the_engine_needs_a_url(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("POLICYOPT_VLLM_URL", raising=False)
+def test_the_engine_needs_a_url(tmp_path: Path) -> None:
     with pytest.raises(InvalidArgument, match="POLICYOPT_VLLM_URL"):
-        create_engine("vllm", tmp_path, device="cpu")
+        create_engine("vllm", tmp_path, device="cpu", urls=())
 
 
 def test_vllm_urls_setting_reads_a_comma_separated_env(monkeypatch: pytest.MonkeyPatch) -> None:

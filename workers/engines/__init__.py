@@ -39,6 +39,7 @@ def _vllm(model_dir: Path, **options: object) -> RolloutEngine:
     from policyopt.workers.engines.vllm_engine import VLLMEngine
 
     kept = {k: v for k, v in options.items() if k not in _TRANSFORMERS_ONLY}
+    kept.setdefault("urls", ())
     return VLLMEngine(model_dir, **kept)  # type: ignore[arg-type]
 
 
