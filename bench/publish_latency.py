@@ -22,6 +22,7 @@ from pathlib import Path
 
 import redis
 import torch
+
 from policyopt.core.types import AdapterManifest, RunConfig
 from policyopt.core.valkey import EmbeddedValkey
 from policyopt.workers.adapters.store import LocalAdapterStore

@@ -8,7 +8,7 @@ import time
 from policyopt.client import Client
 
 # The object ``add_subparsers`` returns; argparse gives it no public name.
-Subparsers = argparse._SubParsersAction  # type: ignore[type-arg]
+Subparsers = argparse._SubParsersAction
 
 
 def client_from(args: argparse.Namespace) -> Client:

@@ -5,6 +5,8 @@ Needs only grpcio and protobuf. Public names::
     Client, RunHandle              blocking client (policyopt.client.sync)
     AsyncClient, AsyncRunHandle    asyncio client (policyopt.client.aio)
     RewardServer                   host a reward function as a RewardService
+    Turn, Trajectory, TrajectoryGroup   client-built (agentic) trajectories for submit_trajectories
+    policyopt.client.agentic       TrajectoryBuilder, ChatTemplateRenderer: trajectories from vLLM responses
     RunInfo, RunEvent, AdapterVersion, ...   plain dataclasses (policyopt.client.types)
     PolicyOptError and subclasses  exceptions by the service's names (policyopt.client.errors)
 """
@@ -37,6 +39,10 @@ from policyopt.client.types import (
     RunInfo,
     RunOptions,
     RunStatus,
+    Trajectory,
+    TrajectoryGroup,
+    Turn,
+    TurnRole,
 )
 
 __all__ = [
@@ -65,6 +71,10 @@ __all__ = [
     "RunInfo",
     "RunOptions",
     "RunStatus",
+    "Trajectory",
+    "TrajectoryGroup",
+    "Turn",
+    "TurnRole",
     "Unauthenticated",
     "Unavailable",
 ]

@@ -6,6 +6,7 @@ import math
 from collections.abc import Mapping, Sequence
 
 from google.protobuf import json_format, struct_pb2
+
 from policyopt.client.errors import InvalidArgument
 from policyopt.client.types import (
     AdapterVersion,
@@ -20,6 +21,10 @@ from policyopt.client.types import (
     RunInfo,
     RunOptions,
     RunStatus,
+    Trajectory,
+    TrajectoryGroup,
+    Turn,
+    TurnRole,
 )
 from policyopt.v1 import policyopt_pb2 as pb
 
@@ -196,3 +201,47 @@ def version_text(version: int | str) -> str:
             raise InvalidArgument(f"adapter versions start at 1, got {version}")
         return str(version)
     return str(version)
+
+
+_TURN_ROLES = {TurnRole.MODEL: pb.TURN_ROLE_MODEL, TurnRole.ENVIRONMENT: pb.TURN_ROLE_ENVIRONMENT}
+GroupLike = TrajectoryGroup | Sequence[Trajectory]
+
+
+def _turn_to_proto(turn: Turn) -> pb.Turn:
+    if not isinstance(turn, Turn):
+        raise InvalidArgument(f"turns must be policyopt.client.Turn, got {type(turn).__name__}")
+    message = pb.Turn(
+        role=_TURN_ROLES[TurnRole(turn.role)],
+        token_ids=list(turn.token_ids),
+        logprobs=list(turn.logprobs),
+        adapter_version=turn.adapter_version,
+    )
+    if turn.reward is not None:
+        message.reward = turn.reward
+    return message
+
+
+def submit_trajectories_request(run_id: str, groups: Sequence[GroupLike]) -> pb.SubmitTrajectoriesRequest:
+    """Groups of ``Trajectory`` (a ``TrajectoryGroup`` or a plain list) -> SubmitTrajectoriesRequest."""
+    messages = []
+    for group in groups:
+        if isinstance(group, Trajectory):
+            raise InvalidArgument(
+                "groups must be lists of trajectories (or TrajectoryGroup), not one Trajectory"
+            )
+        members = group.trajectories if isinstance(group, TrajectoryGroup) else list(group)
+        metadata = group.metadata if isinstance(group, TrajectoryGroup) else {}
+        messages.append(
+            pb.TrajectoryGroupInput(
+                trajectories=[
+                    pb.Trajectory(
+                        prompt_ids=list(t.prompt_ids),
+                        turns=[_turn_to_proto(turn) for turn in t.turns],
+                        reward=t.reward,
+                    )
+                    for t in members
+                ],
+                metadata=dict_to_struct(metadata),
+            )
+        )
+    return pb.SubmitTrajectoriesRequest(run_id=run_id, groups=messages)

@@ -10,6 +10,7 @@ from typing import Unpack
 
 import grpc
 import grpc.aio
+
 from policyopt.client import _convert
 from policyopt.client._adapters import AdapterWriter
 from policyopt.client._telemetry import trace_metadata
@@ -77,7 +78,7 @@ class AsyncClient:
             async for item in call:
                 yield item
         except grpc.RpcError as exc:
-            if exc.code() != grpc.StatusCode.CANCELLED:  # type: ignore[attr-defined]
+            if exc.code() != grpc.StatusCode.CANCELLED:
                 raise error_from_rpc(exc) from exc
         finally:
             call.cancel()
@@ -102,7 +103,7 @@ class AsyncClient:
         reward_endpoint: str = "",
         reward_side: Mapping[str, JSONValue] | None = None,
         trajectory_side: Mapping[str, JSONValue] | None = None,
-        **options: Unpack[RunOptions],  # type: ignore[misc]  # mypy cannot resolve policyopt.* (package-dir)
+        **options: Unpack[RunOptions],
     ) -> AsyncRunHandle:
         request = _convert.create_run_request(
             base_model, method, reward_endpoint, reward_side, trajectory_side, options
@@ -133,6 +134,12 @@ class AsyncClient:
         request = _convert.submit_prompts_request(run_id, prompts, metadata)
         response: pb.SubmitPromptsResponse = await self._unary("SubmitPrompts", request)  # type: ignore[assignment]
         return list(response.prompt_ids)
+
+    async def submit_trajectories(self, run_id: str, groups: Sequence[_convert.GroupLike]) -> list[str]:
+        """Queue groups of client-built (agentic) trajectories; see ``Client.submit_trajectories``."""
+        request = _convert.submit_trajectories_request(run_id, groups)
+        response: pb.SubmitTrajectoriesResponse = await self._unary("SubmitTrajectories", request)  # type: ignore[assignment]
+        return list(response.group_ids)
 
     async def list_adapters(self, run_id: str) -> list[AdapterVersion]:
         response: pb.ListAdaptersResponse = await self._unary(
@@ -201,6 +208,9 @@ class AsyncRunHandle:
         self, prompts: Sequence[str], metadata: Sequence[Mapping[str, JSONValue]] | None = None
     ) -> list[str]:
         return await self.client.submit_prompts(self.run_id, prompts, metadata)
+
+    async def submit_trajectories(self, groups: Sequence[_convert.GroupLike]) -> list[str]:
+        return await self.client.submit_trajectories(self.run_id, groups)
 
     def watch(self, after_event_id: str = "") -> AsyncIterator[RunEvent]:
         return self.client.watch_run(self.run_id, after_event_id)

@@ -23,6 +23,7 @@ import contextlib
 from collections.abc import Iterator
 
 import grpc
+
 from policyopt.core.errors import (
     AlreadyExists,
     FailedPrecondition,

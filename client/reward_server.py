@@ -16,6 +16,7 @@ from concurrent import futures
 from types import TracebackType
 
 import grpc
+
 from policyopt.client._convert import struct_to_dict
 from policyopt.client.types import JSONValue
 from policyopt.v1 import reward_pb2 as rpb
@@ -59,7 +60,7 @@ class _Scorer(rpb_grpc.RewardServiceServicer):
             )
             return future.result(timeout)
         if self.batch:
-            return list(self.fn(prompt, completions, metadata))  # type: ignore[arg-type, call-overload]
+            return list(self.fn(prompt, completions, metadata))  # type: ignore[arg-type]
         return [self.fn(prompt, c, metadata) for c in completions]  # type: ignore[arg-type, misc]
 
     def Score(self, request: rpb.ScoreRequest, context: grpc.ServicerContext) -> rpb.ScoreResponse:

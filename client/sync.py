@@ -9,6 +9,7 @@ from types import TracebackType
 from typing import TypeVar, Unpack
 
 import grpc
+
 from policyopt.client import _convert
 from policyopt.client._adapters import AdapterWriter
 from policyopt.client._telemetry import traced_channel
@@ -40,7 +41,7 @@ def _stream(call: grpc.Call, items: Iterator[T]) -> Iterator[T]:
     try:
         yield from items
     except grpc.RpcError as exc:
-        if exc.code() != grpc.StatusCode.CANCELLED:  # type: ignore[attr-defined]
+        if exc.code() != grpc.StatusCode.CANCELLED:
             raise error_from_rpc(exc) from exc
     finally:
         call.cancel()
@@ -113,7 +114,7 @@ class Client:
         reward_endpoint: str = "",
         reward_side: Mapping[str, JSONValue] | None = None,
         trajectory_side: Mapping[str, JSONValue] | None = None,
-        **options: Unpack[RunOptions],  # type: ignore[misc]  # mypy cannot resolve policyopt.* (package-dir)
+        **options: Unpack[RunOptions],
     ) -> RunHandle:
         """Start a run; ``reward_side``/``trajectory_side`` override fields of the ``method`` preset."""
         request = _convert.create_run_request(
@@ -147,6 +148,16 @@ class Client:
         request = _convert.submit_prompts_request(run_id, prompts, metadata)
         response: pb.SubmitPromptsResponse = self._unary("SubmitPrompts", request)  # type: ignore[assignment]
         return list(response.prompt_ids)
+
+    def submit_trajectories(self, run_id: str, groups: Sequence[_convert.GroupLike]) -> list[str]:
+        """Queue groups of client-built (agentic) trajectories for training; returns group ids.
+
+        Each group is a ``TrajectoryGroup`` or a list of 2+ ``Trajectory`` for the same task. Token ids go
+        through untouched; see ``policyopt.client.agentic`` to build them from vLLM responses.
+        """
+        request = _convert.submit_trajectories_request(run_id, groups)
+        response: pb.SubmitTrajectoriesResponse = self._unary("SubmitTrajectories", request)  # type: ignore[assignment]
+        return list(response.group_ids)
 
     # -- adapters --------------------------------------------------------------------------------
     def list_adapters(self, run_id: str) -> list[AdapterVersion]:
@@ -215,6 +226,9 @@ class RunHandle:
         self, prompts: Sequence[str], metadata: Sequence[Mapping[str, JSONValue]] | None = None
     ) -> list[str]:
         return self.client.submit_prompts(self.run_id, prompts, metadata)
+
+    def submit_trajectories(self, groups: Sequence[_convert.GroupLike]) -> list[str]:
+        return self.client.submit_trajectories(self.run_id, groups)
 
     def watch(self, after_event_id: str = "") -> Iterator[RunEvent]:
         return self.client.watch_run(self.run_id, after_event_id)

@@ -145,6 +145,52 @@ class MethodCatalog:
     presets: tuple[PresetInfo, ...]
 
 
+class TurnRole(StrEnum):
+    MODEL = "model"  # sampled by the policy: token ids, sampler log-probs, adapter version
+    ENVIRONMENT = "environment"  # tool output, user or environment tokens: ids only, never trained on
+
+
+@dataclass(frozen=True)
+class Turn:
+    """One turn of an agentic trajectory, as token ids (never text: the service does not re-tokenize).
+
+    Build them with ``Turn.model(...)`` and ``Turn.environment(...)``, or with ``policyopt.client.agentic``.
+    """
+
+    role: TurnRole
+    token_ids: list[int]
+    logprobs: list[float] = field(default_factory=list)
+    adapter_version: int = 0  # the RUN@vN adapter that sampled a model turn (0: the base model)
+    reward: float | None = None  # optional per-turn reward (model turns)
+
+    @classmethod
+    def model(
+        cls, token_ids: list[int], logprobs: list[float], adapter_version: int, reward: float | None = None
+    ) -> Turn:
+        return cls(TurnRole.MODEL, list(token_ids), list(logprobs), adapter_version, reward)
+
+    @classmethod
+    def environment(cls, token_ids: list[int]) -> Turn:
+        return cls(TurnRole.ENVIRONMENT, list(token_ids))
+
+
+@dataclass(frozen=True)
+class Trajectory:
+    """A prompt (rendered, as token ids), the turns that followed, and the outcome reward."""
+
+    prompt_ids: list[int]
+    turns: list[Turn]
+    reward: float = 0.0
+
+
+@dataclass(frozen=True)
+class TrajectoryGroup:
+    """Two or more trajectories for one task (compared against each other), with optional metadata."""
+
+    trajectories: list[Trajectory]
+    metadata: dict[str, JSONValue] = field(default_factory=dict)
+
+
 __all__ = [
     "AdapterVersion",
     "EventKind",
@@ -158,4 +204,8 @@ __all__ = [
     "RunInfo",
     "RunOptions",
     "RunStatus",
+    "Trajectory",
+    "TrajectoryGroup",
+    "Turn",
+    "TurnRole",
 ]

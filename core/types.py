@@ -103,7 +103,9 @@ class Trajectory:
     """One sampled completion with the ids and sampler log-probs the trainer needs.
 
     ``loss_mask`` is 1 on tokens the policy produced (0 on environment/tool tokens in agentic turns);
-    empty means all completion tokens are trained.
+    empty means all completion tokens are trained. Agentic trajectories (``SubmitTrajectories``) also
+    carry one entry per model turn in ``turn_ends`` (exclusive end of the turn in ``completion_ids``)
+    and ``turn_rewards`` (that turn's reward, 0.0 when none was given); ``reward`` is the outcome.
     """
 
     completion_ids: list[int]
@@ -113,6 +115,13 @@ class Trajectory:
     finish_reason: str = "length"
     loss_mask: list[int] = field(default_factory=list)
     version: int = 0
+    turn_ends: list[int] = field(default_factory=list)
+    turn_rewards: list[float] = field(default_factory=list)
+
+    @property
+    def total_reward(self) -> float:
+        """Outcome reward plus every per-turn reward: the raw score of the trajectory."""
+        return self.reward + sum(self.turn_rewards)
 
 
 @dataclass(frozen=True)

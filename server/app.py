@@ -12,6 +12,7 @@ import grpc
 import redis
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+
 from policyopt.core.settings import Settings
 from policyopt.core.telemetry import setup_telemetry
 from policyopt.server.interceptors import server_interceptors

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import fields
+from dataclasses import dataclass, fields, replace
 from typing import Protocol
 
 from google.protobuf import json_format, struct_pb2
+
+from policyopt.core.errors import InvalidArgument
 from policyopt.core.types import (
     AdapterManifest,
     EventKind,
@@ -22,6 +24,8 @@ from policyopt.core.types import (
     RunEvent,
     RunStatus,
     TeacherConfig,
+    Trajectory,
+    TrajectoryGroup,
 )
 from policyopt.v1 import policyopt_pb2 as pb
 from policyopt.workers.store import RewardEndpointInfo
@@ -229,3 +233,133 @@ def methods_to_proto(catalog: MethodCatalog) -> pb.ListMethodsResponse:
         for p in preset_infos
     ]
     return pb.ListMethodsResponse(choices=choices, presets=presets)
+
+
+# -- SubmitTrajectories: client-driven (agentic) trajectories ----------------------------------------------
+@dataclass(frozen=True)
+class TurnInput:
+    """One submitted turn; ``role`` is ``model`` or ``environment`` ("" when the caller left it unset)."""
+
+    role: str
+    token_ids: list[int]
+    logprobs: list[float]
+    adapter_version: int
+    reward: float | None
+
+
+@dataclass(frozen=True)
+class TrajectoryInput:
+    prompt_ids: list[int]
+    turns: list[TurnInput]
+    reward: float
+
+
+@dataclass(frozen=True)
+class GroupInput:
+    trajectories: list[TrajectoryInput]
+    metadata: dict[str, JSONValue]
+
+
+_ROLES = {pb.TURN_ROLE_MODEL: "model", pb.TURN_ROLE_ENVIRONMENT: "environment"}
+
+
+def trajectory_groups_from_request(request: pb.SubmitTrajectoriesRequest) -> list[GroupInput]:
+    """The submitted groups as plain values (validated separately, see ``validation``)."""
+    return [
+        GroupInput(
+            trajectories=[
+                TrajectoryInput(
+                    prompt_ids=list(t.prompt_ids),
+                    turns=[
+                        TurnInput(
+                            role=_ROLES.get(turn.role, ""),
+                            token_ids=list(turn.token_ids),
+                            logprobs=list(turn.logprobs),
+                            adapter_version=turn.adapter_version,
+                            reward=turn.reward if turn.HasField("reward") else None,
+                        )
+                        for turn in t.turns
+                    ],
+                    reward=t.reward,
+                )
+                for t in group.trajectories
+            ],
+            metadata=struct_to_dict(group.metadata),
+        )
+        for group in request.groups
+    ]
+
+
+def shared_prompt_length(group: GroupInput) -> int:
+    """Length of the longest prefix of prompt ids every trajectory of the group shares."""
+    prompts = [t.prompt_ids for t in group.trajectories]
+    shortest = min((len(p) for p in prompts), default=0)
+    for i in range(shortest):
+        if any(p[i] != prompts[0][i] for p in prompts):
+            return i
+    return shortest
+
+
+def _trajectory_from_input(trajectory: TrajectoryInput, shared: int) -> Trajectory:
+    """Completion = prompt tokens past the group's shared prefix, then every turn, concatenated.
+
+    ``loss_mask`` is 1 on model tokens only; ``sampler_logprobs`` holds 0.0 at environment positions;
+    ``version`` is the oldest adapter version of its model turns.
+    """
+    ids = list(trajectory.prompt_ids[shared:])
+    mask, logprobs = [0] * len(ids), [0.0] * len(ids)
+    turn_ends: list[int] = []
+    turn_rewards: list[float] = []
+    for turn in trajectory.turns:
+        ids += turn.token_ids
+        model = turn.role == "model"
+        mask += [int(model)] * len(turn.token_ids)
+        logprobs += turn.logprobs if model else [0.0] * len(turn.token_ids)
+        if model:
+            turn_ends.append(len(ids))
+            turn_rewards.append(turn.reward or 0.0)
+    versions = [t.adapter_version for t in trajectory.turns if t.role == "model"]
+    return Trajectory(
+        completion_ids=ids,
+        sampler_logprobs=logprobs,
+        reward=trajectory.reward,
+        finish_reason="stop",
+        loss_mask=mask,
+        version=min(versions, default=0),
+        turn_ends=turn_ends,
+        turn_rewards=turn_rewards,
+    )
+
+
+def trajectory_group_from_input(
+    run_id: str, group_id: str, group: GroupInput, trace: dict[str, str]
+) -> TrajectoryGroup:
+    """A validated group as the trainer reads it; token ids pass through untouched (never re-tokenized)."""
+    shared = shared_prompt_length(group)
+    trajectories = [_trajectory_from_input(t, shared) for t in group.trajectories]
+    return TrajectoryGroup(
+        run_id=run_id,
+        group_id=group_id,
+        prompt_id=group_id,
+        prompt="",
+        prompt_ids=list(group.trajectories[0].prompt_ids[:shared]),
+        trajectories=trajectories,
+        adapter_version=min(t.version for t in trajectories),
+        metadata=group.metadata,
+        trace=trace,
+    )
+
+
+def fold_teacher_coef(config: RunConfig) -> RunConfig:
+    """The run's ``teacher.coef`` (lambda), when set, becomes the method's ``reward_side.estimator.coef``."""
+    coef = config.teacher.coef
+    if coef <= 0:
+        return config
+    overrides = dict(config.method.reward_side)
+    given = overrides.get("estimator.coef")
+    if given is not None and given != coef:
+        raise InvalidArgument(
+            f"teacher.coef={coef} and reward_side estimator.coef={given} disagree; set lambda once"
+        )
+    overrides["estimator.coef"] = coef
+    return replace(config, method=replace(config.method, reward_side=overrides))

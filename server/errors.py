@@ -11,6 +11,7 @@ import logging
 
 import grpc
 import redis
+
 from policyopt.core.errors import PolicyOptError
 
 log = logging.getLogger(__name__)

@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterator, Sequence
 
 import grpc
 from opentelemetry import propagate, trace
+
 from policyopt.core.errors import Unauthenticated
 from policyopt.core.telemetry import tracer
 from policyopt.server.errors import abort_with

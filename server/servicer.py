@@ -13,13 +13,20 @@ from dataclasses import dataclass
 
 import grpc
 import redis
+
 from policyopt.core.errors import FailedPrecondition, InvalidArgument
 from policyopt.core.settings import Settings
 from policyopt.core.telemetry import inject_context
 from policyopt.core.types import MethodChoice, PromptTask, Run, RunStatus
 from policyopt.server import convert, streams
 from policyopt.server.interceptors import current_tenant
-from policyopt.server.validation import MethodResolver, PromptLengthChecker, validate_run_config
+from policyopt.server.validation import (
+    MethodResolver,
+    PromptLengthChecker,
+    validate_run_config,
+    validate_teacher,
+    validate_trajectory_groups,
+)
 from policyopt.v1 import policyopt_pb2 as pb
 from policyopt.v1 import policyopt_pb2_grpc as pb_grpc
 from policyopt.workers.adapters import AdapterStore, LocalAdapterStore
@@ -103,6 +110,9 @@ class PolicyOptimizerServicer(pb_grpc.PolicyOptimizerServicer):
     def CreateRun(self, request: pb.CreateRunRequest, context: grpc.ServicerContext) -> pb.Run:
         config = convert.run_config_from_request(request)
         validate_run_config(config)
+        spec = self.methods.resolve(config.method)
+        validate_teacher(config, frozenset(getattr(spec, "needs", ())), self._vocab_size)
+        config = convert.fold_teacher_coef(config)
         self.methods.resolve(config.method)
         if config.reward_endpoint:
             self.store.get_endpoint(current_tenant(), config.reward_endpoint)
@@ -166,14 +176,30 @@ class PolicyOptimizerServicer(pb_grpc.PolicyOptimizerServicer):
         self.store.get_endpoint(run.tenant, run.config.reward_endpoint)
         self.lengths.check(run.config, texts)
 
+    def _vocab_size(self, model: str) -> int:
+        try:
+            return self.lengths.vocab_size(model)
+        except InvalidArgument as exc:
+            raise InvalidArgument(f"teacher.model {model!r} cannot be read: {exc}") from exc
+
     def SubmitTrajectories(
         self, request: pb.SubmitTrajectoriesRequest, context: grpc.ServicerContext
     ) -> pb.SubmitTrajectoriesResponse:
-        self._run(request.run_id)
-        context.abort(
-            grpc.StatusCode.UNIMPLEMENTED, "SubmitTrajectories is not available yet; use SubmitPrompts"
-        )
-        raise AssertionError("unreachable")
+        """Client-driven (agentic) groups, validated and queued straight to the run's trainer."""
+        run = self._run(request.run_id)
+        if run.status != RunStatus.RUNNING:
+            raise FailedPrecondition(
+                f"run {run.run_id} is {run.status.value} and takes no more trajectories; create a new run"
+            )
+        inputs = convert.trajectory_groups_from_request(request)
+        validate_trajectory_groups(inputs, run, self.lengths.limits(run.config.base_model))
+        trace = inject_context()
+        groups = [
+            convert.trajectory_group_from_input(run.run_id, f"g-{uuid.uuid4().hex[:12]}", group, trace)
+            for group in inputs
+        ]
+        self.queue.enqueue_groups(run.run_id, groups)
+        return pb.SubmitTrajectoriesResponse(group_ids=[g.group_id for g in groups])
 
     # -- adapters --------------------------------------------------------------------------------------
     def ListAdapters(

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from policyopt.core.errors import FailedPrecondition, InvalidArgument
 from policyopt.core.types import AdapterManifest, RunEvent, RunStatus
+from policyopt.workers.redis_conn import text
 from policyopt.workers.store import PUBLISHED_STREAM, RunStore
 
 CHUNK_BYTES = 1 << 20
@@ -47,7 +48,7 @@ def run_events(
 
 def _last_published_id(store: RunStore) -> str:
     newest = store.r.xrevrange(PUBLISHED_STREAM, count=1)
-    return newest[0][0].decode() if newest else "0-0"
+    return text(newest[0][0]) if newest else "0-0"
 
 
 def new_versions(

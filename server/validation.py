@@ -1,14 +1,17 @@
-"""Checks on CreateRun and SubmitPrompts input, with messages that say what to fix."""
+"""Checks on CreateRun, SubmitPrompts and SubmitTrajectories input, with messages that say what to fix."""
 
 from __future__ import annotations
 
+import json
+import math
 import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from policyopt.core.errors import InvalidArgument
-from policyopt.core.types import MethodChoice, RunConfig
+from policyopt.core.errors import InvalidArgument, NotFound
+from policyopt.core.types import MethodChoice, Run, RunConfig
+from policyopt.server.convert import GroupInput, TrajectoryInput, TurnInput, shared_prompt_length
 from policyopt.workers.models import context_length, resolve_base_model
 
 if TYPE_CHECKING:
@@ -78,6 +81,16 @@ class PromptLengthChecker:
                 self._cache[base_model] = (tokenizer, context_length(model_dir))
             return self._cache[base_model]
 
+    def limits(self, base_model: str) -> tuple[int, int]:
+        """(context length, vocabulary size) of ``base_model``; token ids must be below the latter."""
+        _, context = self.model(base_model)
+        return context, self.vocab_size(base_model)
+
+    def vocab_size(self, model: str) -> int:
+        """Rows of the model's embedding (``vocab_size`` in config.json)."""
+        config = json.loads((resolve_base_model(model, self._data_dir) / "config.json").read_text())
+        return int(config.get("vocab_size") or config.get("text_config", {}).get("vocab_size") or 0)
+
     def check(self, config: RunConfig, prompts: Sequence[str]) -> None:
         tokenizer, context = self.model(config.base_model)
         budget = context - config.max_new_tokens
@@ -89,3 +102,123 @@ class PromptLengthChecker:
                     f"{config.max_new_tokens} it exceeds the model's context of {context} tokens; "
                     f"shorten it to at most {max(budget, 0)} tokens or create the run with a smaller max_new_tokens"
                 )
+
+
+def validate_teacher(config: RunConfig, needs: frozenset[str], vocab_size: Callable[[str], int]) -> None:
+    """A method that needs a teacher must name one, and a run that names one must use it.
+
+    ``vocab_size(model)`` gives a model's vocabulary size: a local teacher must share the student's.
+    """
+    teacher, method = config.teacher, config.method.preset
+    named = bool(teacher.model or teacher.endpoint)
+    if "teacher" in needs and not named:
+        raise InvalidArgument(
+            f"method {method!r} needs a teacher: set teacher.model (a model directory readable by the "
+            "workers) or teacher.endpoint (an OpenAI-compatible vLLM server), and teacher.coef (lambda)"
+        )
+    if named and "teacher" not in needs:
+        raise InvalidArgument(
+            f"a teacher is set but method {method!r} does not use one; pick 'grpo_opd' or 'opd', or drop teacher"
+        )
+    if teacher.coef < 0:
+        raise InvalidArgument(f"teacher.coef (lambda) must be >= 0 (0: the preset's), got {teacher.coef}")
+    if teacher.endpoint and not teacher.endpoint.startswith(("http://", "https://")):
+        raise InvalidArgument(f"teacher.endpoint must be an http(s) URL, got {teacher.endpoint!r}")
+    if teacher.model and not teacher.endpoint:
+        student, own = vocab_size(config.base_model), vocab_size(teacher.model)
+        if student != own:
+            raise InvalidArgument(
+                f"teacher.model has a {own}-token vocabulary and base_model {student}; the teacher must use "
+                "the student's tokenizer (its log-probs are compared token by token)"
+            )
+
+
+def _check_turn(turn: TurnInput, where: str, vocab_size: int) -> None:
+    if turn.role not in ("model", "environment"):
+        raise InvalidArgument(f"{where}: role is unset; use TURN_ROLE_MODEL or TURN_ROLE_ENVIRONMENT")
+    if not turn.token_ids:
+        raise InvalidArgument(f"{where}: has no token ids; drop empty turns")
+    outside = [i for i in turn.token_ids if not 0 <= i < vocab_size]
+    if outside:
+        raise InvalidArgument(
+            f"{where}: token id {outside[0]} is outside the base model's vocabulary of {vocab_size} tokens; "
+            "send ids from the served model's own tokenizer"
+        )
+    if turn.role == "environment":
+        if turn.logprobs or turn.reward is not None:
+            raise InvalidArgument(
+                f"{where}: environment turns carry token ids only; drop its log-probs, and put a reward on "
+                "the model turn it rewards"
+            )
+        return
+    if len(turn.logprobs) != len(turn.token_ids):
+        raise InvalidArgument(
+            f"{where}: {len(turn.logprobs)} log-probs for {len(turn.token_ids)} tokens; send the sampler's "
+            "log-prob of every sampled token (vLLM: logprobs=0 with return_tokens_as_token_ids)"
+        )
+    if not all(math.isfinite(v) and v <= 1e-6 for v in turn.logprobs):
+        raise InvalidArgument(f"{where}: log-probs must be finite and <= 0")
+    if turn.reward is not None and not math.isfinite(turn.reward):
+        raise InvalidArgument(f"{where}: reward must be finite")
+
+
+def _check_version(version: int, where: str, run: Run) -> None:
+    if version < 0:
+        raise InvalidArgument(f"{where}: adapter_version must be >= 0 (0 is the base model), got {version}")
+    if version > run.version:
+        raise NotFound(
+            f"{where}: adapter version {version} of run {run.run_id} does not exist; the latest is "
+            f"{run.version} (sample with the adapter named {run.run_id}@v{run.version})"
+        )
+    oldest = run.version - run.config.max_staleness
+    if version < oldest:
+        raise InvalidArgument(
+            f"{where}: adapter version {version} is {run.version - version} versions behind run "
+            f"{run.run_id} (version {run.version}) and the run's max_staleness is {run.config.max_staleness}; "
+            f"sample again with {run.run_id}@v{run.version}, or create the run with a larger max_staleness"
+        )
+
+
+def _check_trajectory(trajectory: TrajectoryInput, where: str, run: Run, limits: tuple[int, int]) -> None:
+    context, vocab_size = limits
+    if not trajectory.prompt_ids:
+        raise InvalidArgument(f"{where}: prompt_ids is empty; send the rendered prompt before the first turn")
+    if not math.isfinite(trajectory.reward):
+        raise InvalidArgument(f"{where}: reward must be finite")
+    outside = [i for i in trajectory.prompt_ids if not 0 <= i < vocab_size]
+    if outside:
+        raise InvalidArgument(
+            f"{where}: prompt token id {outside[0]} is outside the base model's vocabulary of {vocab_size} tokens"
+        )
+    if not any(t.role == "model" for t in trajectory.turns):
+        raise InvalidArgument(f"{where}: has no model turn, so there is nothing to train on")
+    for k, turn in enumerate(trajectory.turns):
+        _check_turn(turn, f"{where} turn {k}", vocab_size)
+        if turn.role == "model":
+            _check_version(turn.adapter_version, f"{where} turn {k}", run)
+    length = len(trajectory.prompt_ids) + sum(len(t.token_ids) for t in trajectory.turns)
+    if length > context:
+        raise InvalidArgument(
+            f"{where}: {length} tokens (prompt and turns) exceed the base model's context of {context}; "
+            "end the episode earlier or drop old turns from the prompt"
+        )
+
+
+def validate_trajectory_groups(groups: Sequence[GroupInput], run: Run, limits: tuple[int, int]) -> None:
+    """SubmitTrajectories input against the run: ``limits`` is (context length, vocabulary size)."""
+    if not groups:
+        raise InvalidArgument(
+            "no groups: SubmitTrajectories needs at least one group of 2 or more trajectories"
+        )
+    for g, group in enumerate(groups):
+        if len(group.trajectories) < 2:
+            raise InvalidArgument(
+                f"group {g} has {len(group.trajectories)} trajectories; a group needs at least 2 (its "
+                "members are compared against each other), e.g. several attempts at the same task"
+            )
+        for i, trajectory in enumerate(group.trajectories):
+            _check_trajectory(trajectory, f"group {g} trajectory {i}", run, limits)
+        if shared_prompt_length(group) == 0:
+            raise InvalidArgument(
+                f"group {g}: its trajectories share no prompt token; group attempts at one task"
+            )

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
 from policyopt.core.settings import Settings
 from policyopt.core.valkey import EmbeddedValkey
 

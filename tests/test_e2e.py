@@ -10,10 +10,11 @@ from pathlib import Path
 import pytest
 import torch
 from peft import PeftModel
+from transformers import AutoModelForCausalLM
+
 from policyopt.cli.supervisor import Stack, start_stack
 from policyopt.client import Client, RewardServer
 from policyopt.core.settings import Settings
-from transformers import AutoModelForCausalLM
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 

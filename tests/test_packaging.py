@@ -49,15 +49,28 @@ def test_every_source_folder_with_python_is_a_listed_package() -> None:
         for init in (ROOT / top).rglob("*.py"):
             if "__pycache__" in init.parts:
                 continue
-            assert str(init.parent.resolve()) in mapped, f"{init.parent} holds Python but is not in package-dir"
+            assert str(init.parent.resolve()) in mapped, (
+                f"{init.parent} holds Python but is not in package-dir"
+            )
 
 
 @pytest.mark.slow
 def test_built_wheel_imports_every_module(tmp_path: Path) -> None:
     dist = tmp_path / "dist"
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-w", str(dist), str(ROOT)],
-        check=True, capture_output=True,
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-w",
+            str(dist),
+            str(ROOT),
+        ],
+        check=True,
+        capture_output=True,
     )
     (wheel,) = dist.glob("policyopt-*.whl")
     target = tmp_path / "site"
@@ -67,11 +80,15 @@ def test_built_wheel_imports_every_module(tmp_path: Path) -> None:
     modules = _source_modules()
     for module in modules:
         as_path = module.replace(".", "/")
-        assert f"{as_path}.py" in names or f"{as_path}/__init__.py" in names, f"{module} missing from the wheel"
+        assert f"{as_path}.py" in names or f"{as_path}/__init__.py" in names, (
+            f"{module} missing from the wheel"
+        )
     assert "policyopt/v1/policyopt.proto" in names
     assert "policyopt/__init__.py" not in names, "policyopt must stay a namespace package"
     result = subprocess.run(
         [sys.executable, "-c", IMPORT_ALL, str(target), *modules],
-        capture_output=True, text=True, env={"PYTHONPATH": str(target), "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        env={"PYTHONPATH": str(target), "PATH": "/usr/bin:/bin"},
     )
     assert result.returncode == 0, result.stdout + result.stderr

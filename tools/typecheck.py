@@ -27,7 +27,9 @@ def main() -> int:
         for source in (ROOT / folder).glob("*.py*"):
             shutil.copy2(source, target / source.name)
     # -p checks a package with its sub-packages, so name only the outermost ones.
-    tops = [n for n in package_dir if n != "policyopt.v1" and not any(n.startswith(o + ".") for o in package_dir)]
+    tops = [
+        n for n in package_dir if n != "policyopt.v1" and not any(n.startswith(o + ".") for o in package_dir)
+    ]
     packages = [arg for name in sorted(tops) for arg in ("-p", name)]
     cmd = [sys.executable, "-m", "mypy", "--namespace-packages", "--explicit-package-bases", *packages]
     result = subprocess.run(cmd, cwd=farm, capture_output=True, text=True)

@@ -19,6 +19,7 @@ from collections.abc import Iterable
 from typing import cast
 
 import redis
+
 from policyopt.core.errors import ResourceExhausted
 from policyopt.core.types import PromptTask, TrajectoryGroup, from_json, to_json
 from policyopt.workers.redis_conn import StreamEntries, stream_entries, text
@@ -123,6 +124,27 @@ class WorkQueue:
         )
 
     # -- groups ----------------------------------------------------------------------------------
+    def enqueue_groups(self, run_id: str, groups: list[TrajectoryGroup]) -> list[str]:
+        """Queue client-built groups (SubmitTrajectories) for the run's trainer atomically (all or none).
+
+        RESOURCE_EXHAUSTED when the run's stream already holds ``max_queued_prompts`` groups.
+        """
+        if not groups:
+            return []
+        stream = groups_stream(run_id)
+        queued = self.queued_groups(run_id)
+        if queued + len(groups) > self.max_queued_prompts:
+            raise ResourceExhausted(
+                f"run {run_id} has {queued} groups waiting for its trainer and the limit is "
+                f"{self.max_queued_prompts}; wait for steps to drain them (watch the run) or raise "
+                "POLICYOPT_MAX_QUEUED_PROMPTS"
+            )
+        _ensure_group(self.r, stream, TRAINER_GROUP)
+        pipe = self.r.pipeline(transaction=True)
+        for group in groups:
+            pipe.xadd(stream, {"data": to_json(group)})
+        return [i.decode() for i in pipe.execute()]
+
     def read_groups(
         self, run_id: str, consumer: str, count: int, block_ms: int = 1000
     ) -> list[tuple[str, TrajectoryGroup]]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import cast
 
 import redis
+
 from policyopt.core.errors import Unavailable
 from policyopt.core.settings import Settings
 

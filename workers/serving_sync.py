@@ -25,6 +25,7 @@ from pathlib import Path
 
 import redis
 from opentelemetry import metrics
+
 from policyopt.core.errors import InvalidArgument, NotFound, PolicyOptError
 from policyopt.workers.adapters.manifest import MANIFEST_FILE
 from policyopt.workers.engines.vllm_http import VLLMClient

@@ -16,6 +16,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, replace
 
 import redis
+
 from policyopt.core.errors import FailedPrecondition, NotFound
 from policyopt.core.types import (
     AdapterManifest,

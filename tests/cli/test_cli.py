@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from policyopt.cli.main import main
 from policyopt.client import Client
 

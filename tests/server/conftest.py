@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import redis
+
 from policyopt.client import Client, RewardServer, RunHandle
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import redis
+
 from policyopt.client import AdapterIntegrityError, NotFound, RunHandle
 from policyopt.core.types import AdapterManifest
 from policyopt.workers.adapters import LocalAdapterStore

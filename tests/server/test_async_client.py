@@ -6,6 +6,7 @@ import asyncio
 from pathlib import Path
 
 import pytest
+
 from policyopt.client import AsyncClient, EventKind, NotFound, RewardServer, RunStatus, Unauthenticated
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import grpc
 import pytest
+
 from policyopt.client import Client, NotFound, RunHandle, Unauthenticated
 from policyopt.v1 import policyopt_pb2 as pb
 from policyopt.v1 import policyopt_pb2_grpc as pb_grpc

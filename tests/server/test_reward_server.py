@@ -8,6 +8,7 @@ import math
 import grpc
 import pytest
 from google.protobuf import struct_pb2
+
 from policyopt.client import RewardServer
 from policyopt.v1 import reward_pb2 as rpb
 from policyopt.v1 import reward_pb2_grpc as rpb_grpc

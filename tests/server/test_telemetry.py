@@ -7,6 +7,7 @@ from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
 from policyopt.client import RunHandle
 from policyopt.core.types import PromptTask, from_json
 from policyopt.workers.queue import PROMPTS_STREAM

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+
 from policyopt.client import Client, FailedPrecondition, InvalidArgument, NotFound, RunHandle
 
 

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 import redis
+
 from policyopt.core.settings import Settings
 from policyopt.core.valkey import EmbeddedValkey
 from policyopt.workers.models import build_tiny_model

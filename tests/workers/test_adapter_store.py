@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 import pytest
+
 from policyopt.core.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from policyopt.core.types import AdapterManifest
 from policyopt.workers.adapters import LocalAdapterStore, verify_files

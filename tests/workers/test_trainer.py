@@ -7,14 +7,15 @@ from pathlib import Path
 import pytest
 import torch
 from peft import PeftModel
+from safetensors.torch import load_file
+from trainer_support import StandInFilter, StandInSpec, StandInUpdater, TrainerEnv
+from transformers import AutoModelForCausalLM
+
 from policyopt.core.errors import FailedPrecondition
 from policyopt.core.types import EventKind, MethodChoice, RunStatus, TrajectoryGroup
 from policyopt.workers.adapters import LocalAdapterStore, verify_files
 from policyopt.workers.queue import TRAINER_GROUP, groups_stream
 from policyopt.workers.store import RunStore
-from safetensors.torch import load_file
-from trainer_support import StandInFilter, StandInSpec, StandInUpdater, TrainerEnv
-from transformers import AutoModelForCausalLM
 
 
 def _pending(env: TrainerEnv, run_id: str) -> int:
@@ -237,6 +238,7 @@ def test_train_step_span_continues_the_groups_trace_with_a_publish_child(
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import SimpleSpanProcessor
     from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
     from policyopt.core import telemetry
     from policyopt.workers.train import worker as worker_module
 

@@ -16,11 +16,12 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from trainer_support import TrainerEnv
+
 from policyopt.core.types import MethodChoice, Run
 from policyopt.workers.adapters import LocalAdapterStore
 from policyopt.workers.queue import TRAINER_GROUP, groups_stream
 from policyopt.workers.store import RunStore
-from trainer_support import TrainerEnv
 
 pytestmark = pytest.mark.slow
 

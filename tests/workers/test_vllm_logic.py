@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import redis
+
 from policyopt.core.errors import InvalidArgument, NotFound, Unavailable
 from policyopt.core.settings import load_settings
 from policyopt.workers.engines import FINISH_LENGTH, FINISH_STOP, create_engine

@@ -11,6 +11,7 @@ from typing import Any
 
 import redis
 import torch
+
 from policyopt.core.settings import Settings
 from policyopt.core.types import MethodChoice, Run, RunConfig, Trajectory, TrajectoryGroup, to_json
 from policyopt.workers.queue import TRAINER_GROUP, WorkQueue, groups_stream

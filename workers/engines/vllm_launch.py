@@ -76,7 +76,12 @@ class VLLMServer:
             *("--model", str(self.model_dir), "--served-model-name", served_name),
             *("--host", "127.0.0.1", "--port", str(self.port)),
             *("--gpu-memory-utilization", "0.3", "--enforce-eager", "--dtype", dtype),
-            *("--enable-lora", "--max-lora-rank", str(max_lora_rank), "--max-loras", str(max_loras)),
+            # max_loras=0 serves the base model only (a teacher: prompt log-probs crash with LoRA on CPU).
+            *(
+                ("--enable-lora", "--max-lora-rank", str(max_lora_rank), "--max-loras", str(max_loras))
+                if max_loras
+                else ()
+            ),
             *("--max-model-len", str(max_model_len), "--logprobs-mode", "processed_logprobs"),
             *extra_args,
         ]

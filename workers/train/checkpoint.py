@@ -12,6 +12,7 @@ import shutil
 from pathlib import Path
 
 import torch
+
 from policyopt.workers.adapters.manifest import fsync_path
 
 STATE_FILE = "trainer_state.pt"

@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable
 
 from policyopt.core.types import TrajectoryGroup
+from policyopt.workers.algorithms import DiagnosticWarning, MethodSpec, detect_failures
 from policyopt.workers.train.collect import has_zero_variance
 
 KeepGroup = Callable[[TrajectoryGroup], bool]
@@ -36,22 +37,12 @@ def group_filter_of(spec: object, prompts_per_step: int) -> tuple[KeepGroup | No
     return keep, max_examined
 
 
-def diagnostic_warnings(updater: object, spec: object, metrics: dict[str, float]) -> list[str]:
+def diagnostic_warnings(updater: object, spec: object, metrics: dict[str, float]) -> list[DiagnosticWarning]:
     """Compound-failure warnings of the last step: the updater's own, else the diagnostics detectors'."""
     warnings = getattr(updater, "last_warnings", None)
     if warnings is None:
-        from policyopt.workers.algorithms.diagnostics import detect_failures
-        from policyopt.workers.algorithms.spec import MethodSpec
-
         warnings = detect_failures(metrics, spec) if isinstance(spec, MethodSpec) else []
-    return [_describe(w) for w in warnings]
-
-
-def _describe(warning: object) -> str:
-    name, axis = getattr(warning, "name", ""), getattr(warning, "axis", "")
-    message, suggestion = getattr(warning, "message", str(warning)), getattr(warning, "suggestion", "")
-    head = f"{name} ({axis}): " if name else ""
-    return head + message + (f"; suggestion: {suggestion}" if suggestion else "")
+    return list(warnings)
 
 
 def pause_for_test() -> None:

@@ -9,10 +9,11 @@ from pathlib import Path
 
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model, set_peft_model_state_dict
+from safetensors.torch import load_file, save_file
+
 from policyopt.core.errors import InvalidArgument
 from policyopt.core.types import RunConfig
 from policyopt.workers.models import resolve_base_model
-from safetensors.torch import load_file, save_file
 
 log = logging.getLogger(__name__)
 

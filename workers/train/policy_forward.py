@@ -10,9 +10,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from torch import Tensor, nn
+
 from policyopt.workers.algorithms.logprobs import EntropyMode, selective_log_softmax
 from policyopt.workers.train.step_batch import MicroBatch
-from torch import Tensor, nn
 
 
 @dataclass

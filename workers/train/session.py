@@ -9,10 +9,12 @@ from typing import Protocol
 
 import torch
 from peft import PeftModel
+
 from policyopt.core.types import Run, RunConfig, TrajectoryGroup
 from policyopt.workers.adapters.store import AdapterStore
 from policyopt.workers.train import policy
 from policyopt.workers.train.checkpoint import CheckpointStore
+from policyopt.workers.train.teacher import TeacherScorer, load_teacher
 
 log = logging.getLogger(__name__)
 
@@ -25,8 +27,9 @@ class Updater(Protocol):
     def load_state_dict(self, state: dict[str, object]) -> None: ...
 
 
-UpdaterFactory = Callable[[torch.nn.Module, object, RunConfig, int, torch.device], Updater]
-"""(model, method spec, run config, pad token id, device) -> updater."""
+UpdaterFactory = Callable[..., Updater]
+"""(model, method spec, run config, pad token id, device) -> updater; also ``teacher=`` (a
+``TeacherScorer``) when the method needs a teacher."""
 
 
 def resolve_spec(config: RunConfig) -> object:
@@ -36,7 +39,12 @@ def resolve_spec(config: RunConfig) -> object:
 
 
 def build_updater(
-    model: torch.nn.Module, spec: object, config: RunConfig, pad_token_id: int, device: torch.device
+    model: torch.nn.Module,
+    spec: object,
+    config: RunConfig,
+    pad_token_id: int,
+    device: torch.device,
+    teacher: TeacherScorer | None = None,
 ) -> Updater:
     from policyopt.workers.algorithms import MethodSpec
     from policyopt.workers.train.update import PolicyUpdater
@@ -52,6 +60,7 @@ def build_updater(
         temperature=config.temperature,
         max_completion_length=config.max_new_tokens,
         seed=config.seed,
+        teacher=teacher,
     )
 
 
@@ -83,7 +92,12 @@ def load_session(
     if version:
         version_dir = store.open_version(run.run_id, version, verify=True)
         policy.load_adapter_weights(model, version_dir, placement.device)
-    updater = updater_factory(model, spec, run.config, pad_token_id, placement.device)
+    extras: dict[str, object] = {}
+    if "teacher" in getattr(spec, "needs", ()):  # on-policy distillation: the teacher loads once per process
+        extras["teacher"] = load_teacher(
+            run.config.teacher, data_dir, placement.device, placement.dtype, pad_token_id
+        )
+    updater = updater_factory(model, spec, run.config, pad_token_id, placement.device, **extras)
     state = checkpoints.load(run.run_id, version) if version else None
     updater_state = state.get("updater") if state is not None else None
     if isinstance(updater_state, dict):

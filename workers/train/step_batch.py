@@ -10,8 +10,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
-from policyopt.core.types import TrajectoryGroup
 from torch import Tensor
+
+from policyopt.core.types import TrajectoryGroup
 
 
 @dataclass
@@ -19,7 +20,9 @@ class StepBatch:
     """Every sequence of a step, groups flattened; completions right-padded to T.
 
     ``mask_B_T`` is 1 on trained tokens (``loss_mask``, all ones when empty); ``last_token_B_T`` marks the
-    last trained token, which carries the sequence's score.
+    last trained token, which carries the sequence's outcome reward. ``token_rewards_B_T`` is the reward
+    per token: each model turn's reward at its last token (agentic trajectories) plus the outcome at the
+    last trained token; ``raw_scores_B`` is its sum per sequence.
     """
 
     prompt_ids: list[list[int]]
@@ -27,6 +30,7 @@ class StepBatch:
     mask_B_T: Tensor
     last_token_B_T: Tensor
     sampler_logp_B_T: Tensor
+    token_rewards_B_T: Tensor
     completion_lengths_B: Tensor
     raw_scores_B: Tensor
     group_index_B: Tensor
@@ -53,6 +57,10 @@ def _check_trajectory(group: TrajectoryGroup, index: int) -> None:
         )
     if trajectory.loss_mask and len(trajectory.loss_mask) != n:
         raise ValueError(f"group {group.group_id} trajectory {index}: loss_mask length != completion length")
+    if len(trajectory.turn_ends) != len(trajectory.turn_rewards) or any(
+        not 0 < end <= n for end in trajectory.turn_ends
+    ):
+        raise ValueError(f"group {group.group_id} trajectory {index}: turn_ends/turn_rewards do not fit")
 
 
 def collate_groups(groups: Sequence[TrajectoryGroup], pad_token_id: int) -> StepBatch:
@@ -64,6 +72,7 @@ def collate_groups(groups: Sequence[TrajectoryGroup], pad_token_id: int) -> Step
     scores: list[float] = []
     group_index: list[int] = []
     baselines: list[float | None] = []
+    turn_rewards: list[list[tuple[int, float]]] = []
     for g, group in enumerate(groups):
         for i, trajectory in enumerate(group.trajectories):
             _check_trajectory(group, i)
@@ -72,6 +81,7 @@ def collate_groups(groups: Sequence[TrajectoryGroup], pad_token_id: int) -> Step
             masks.append(list(trajectory.loss_mask) or [1] * len(trajectory.completion_ids))
             logps.append(list(trajectory.sampler_logprobs))
             scores.append(float(trajectory.reward))
+            turn_rewards.append(list(zip(trajectory.turn_ends, trajectory.turn_rewards, strict=True)))
             group_index.append(g)
             baselines.append(group.baseline_reward)
     width = max((len(c) for c in completions), default=0)
@@ -84,20 +94,36 @@ def collate_groups(groups: Sequence[TrajectoryGroup], pad_token_id: int) -> Step
         completion_ids_B_T[b, :n] = torch.tensor(completions[b], dtype=torch.long)
         mask_B_T[b, :n] = torch.tensor(masks[b], dtype=torch.float32)
         sampler_logp_B_T[b, :n] = torch.tensor(logps[b], dtype=torch.float32)
+    last_token_B_T = last_token_mask(mask_B_T)
+    token_rewards_B_T = _token_rewards(scores, turn_rewards, last_token_B_T)
     return StepBatch(
         prompt_ids=prompts,
         completion_ids_B_T=completion_ids_B_T,
         mask_B_T=mask_B_T,
-        last_token_B_T=last_token_mask(mask_B_T),
+        last_token_B_T=last_token_B_T,
         sampler_logp_B_T=sampler_logp_B_T * mask_B_T,
+        token_rewards_B_T=token_rewards_B_T,
         completion_lengths_B=torch.tensor([len(c) for c in completions], dtype=torch.long),
-        raw_scores_B=torch.tensor(scores, dtype=torch.float32),
+        raw_scores_B=torch.tensor(
+            [score + sum(r for _, r in rewards) for score, rewards in zip(scores, turn_rewards, strict=True)]
+        ),
         group_index_B=torch.tensor(group_index, dtype=torch.long),
         baseline_scores_B=None
         if any(b is None for b in baselines)
         else torch.tensor(baselines, dtype=torch.float32),
         num_groups=len(groups),
     )
+
+
+def _token_rewards(
+    scores: list[float], turn_rewards: list[list[tuple[int, float]]], last_token_B_T: Tensor
+) -> Tensor:
+    """The outcome at the last trained token, plus each turn's reward at the turn's last token. B x T."""
+    token_rewards_B_T = torch.tensor(scores, dtype=torch.float32).unsqueeze(-1) * last_token_B_T
+    for b, rewards in enumerate(turn_rewards):
+        for end, reward in rewards:
+            token_rewards_B_T[b, end - 1] += reward
+    return token_rewards_B_T
 
 
 def last_token_mask(mask_B_T: Tensor) -> Tensor:

@@ -24,6 +24,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from torch import Tensor, nn
+
 from policyopt.core.types import TrajectoryGroup
 from policyopt.workers.algorithms.diagnostics import (
     DiagnosticWarning,
@@ -51,7 +53,7 @@ from policyopt.workers.train.step_batch import (
     collate_groups,
     plan_micro_batches,
 )
-from torch import Tensor, nn
+from policyopt.workers.train.teacher import TeacherScorer
 
 Metrics = dict[str, float]
 
@@ -69,6 +71,7 @@ class PreparedStep:
     old_logp_B_T: Tensor | None = None
     ref_logp_B_T: Tensor | None = None
     old_values_B_T: Tensor | None = None
+    teacher_logp_B_T: Tensor | None = None
     metrics: Metrics = field(default_factory=dict)
 
 
@@ -85,6 +88,7 @@ class PolicyUpdater:
         temperature: the sampling temperature; log-probs are taken at it, as the sampler's were.
         max_completion_length: the run's max_new_tokens (overlong penalty, constant-normalizer aggregation).
         seed: mini-batch shuffling across epochs.
+        teacher: the teacher's log-probs of the sampled tokens, for methods that need a teacher (OPD).
     """
 
     def __init__(
@@ -101,8 +105,12 @@ class PolicyUpdater:
         temperature: float = 1.0,
         max_completion_length: int = 0,
         seed: int = 0,
+        teacher: TeacherScorer | None = None,
     ) -> None:
         self.model, self.spec = model, spec
+        if "teacher" in spec.needs and teacher is None:
+            raise ValueError(f"method {spec.name!r} needs a teacher: pass teacher= (TeacherScorer)")
+        self.teacher = teacher if "teacher" in spec.needs else None
         self.device = torch.device(device)
         self.pad_token_id, self.micro_batch_size = pad_token_id, micro_batch_size
         self.max_grad_norm, self.max_completion_length = max_grad_norm, max_completion_length
@@ -173,6 +181,8 @@ class PolicyUpdater:
             prepared.metrics = metrics
             return prepared
         self._no_grad_pass(prepared)
+        if self.teacher is not None:
+            prepared.teacher_logp_B_T = self.teacher.score(batch).to(self.device) * mask_B_T
         self._estimate_advantages(prepared, metrics)
         prepared.metrics = metrics
         return prepared
@@ -190,7 +200,13 @@ class PolicyUpdater:
 
     def _needs_old_pass(self) -> bool:
         side = self.spec.trajectory_side
-        return side.epochs * side.mini_batches > 1 or self.spec.needs_reference or self.critic is not None
+        multiple_updates = side.epochs * side.mini_batches > 1
+        return (
+            multiple_updates
+            or self.spec.needs_reference
+            or self.critic is not None
+            or self.teacher is not None
+        )
 
     @torch.no_grad()
     def _no_grad_pass(self, prepared: PreparedStep) -> None:
@@ -219,7 +235,7 @@ class PolicyUpdater:
     def _estimate_advantages(self, prepared: PreparedStep, metrics: Metrics) -> None:
         batch, mask_B_T = prepared.batch, prepared.mask_B_T
         last_B_T = batch.last_token_B_T.to(self.device)
-        token_rewards_B_T = batch.raw_scores_B.to(self.device).unsqueeze(-1) * last_B_T
+        token_rewards_B_T = batch.token_rewards_B_T.to(self.device)
         context = ShapingContext(
             mask_B_T,
             last_B_T,
@@ -241,6 +257,8 @@ class PolicyUpdater:
             prepared.old_values_B_T,
             batch.baseline_scores_B.to(self.device) if batch.baseline_scores_B is not None else None,
             self.estimator_state,
+            logp_B_T=prepared.old_logp_B_T,
+            teacher_logp_B_T=prepared.teacher_logp_B_T,
         )
         estimator = self.spec.reward_side.estimator
         result = ADVANTAGE_ESTIMATORS.get(estimator.name).fn(inputs, estimator.params)

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import redis
+
 from policyopt.core.errors import PolicyOptError
 from policyopt.core.settings import Settings
 from policyopt.core.telemetry import span_from, tracer
@@ -52,6 +53,9 @@ from policyopt.workers.train.session import (
 
 log = logging.getLogger(__name__)
 
+
+WARNING_REPEAT_STEPS = 10
+"""A diagnostic warning seen again within this many steps is not announced again (it would flood WatchRun)."""
 
 MAX_UPDATE_FAILURES = 3
 """Consecutive failed updates of a run before it is marked FAILED (the same groups would fail again)."""
@@ -93,6 +97,7 @@ class TrainerWorker:
         self._spec_resolver = spec_resolver
         self._sessions: dict[str, RunSession] = {}
         self._update_failures: dict[str, int] = {}
+        self._warned: dict[str, dict[str, int]] = {}  # run -> warning name -> step last announced
         self._stop = threading.Event()
         log.info(
             "trainer %s on %s (%s), %d torch threads",
@@ -281,7 +286,13 @@ class TrainerWorker:
     def _warning_events(
         self, session: RunSession, version: int, metrics: dict[str, float], batch: CollectedGroups
     ) -> list[RunEvent]:
-        messages = diagnostic_warnings(session.updater, session.spec, metrics)
+        # A signature that persists is announced once, then again every WARNING_REPEAT_STEPS steps.
+        last_seen = self._warned.setdefault(session.run.run_id, {})
+        messages = []
+        for warning in diagnostic_warnings(session.updater, session.spec, metrics):
+            if version - last_seen.get(warning.name, -WARNING_REPEAT_STEPS) >= WARNING_REPEAT_STEPS:
+                last_seen[warning.name] = version
+                messages.append(str(warning))
         if batch.exhausted:
             messages.append(
                 f"dynamic sampling reached its limit after {batch.examined} groups; this step trained on "

@@ -1,0 +1,89 @@
+"""Fixtures for the method library: a tiny Llama wrapped in a LoRA, and trajectory groups on token ids."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+import pytest
+import torch
+from peft import LoraConfig, PeftModel, get_peft_model
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from policyopt.core.types import Trajectory, TrajectoryGroup
+
+VOCAB = 64
+
+
+def build_lora_model(seed: int = 0, vocab_size: int = VOCAB) -> PeftModel:
+    """A 2-layer Llama (head_dim 32) with a rank-8 LoRA; deterministic for a seed."""
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=vocab_size,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        head_dim=32,
+        max_position_embeddings=128,
+        tie_word_embeddings=True,
+    )
+    lora = LoraConfig(
+        r=8,
+        lora_alpha=16,
+        target_modules=["q_proj", "v_proj", "o_proj", "down_proj"],
+        init_lora_weights=False,
+    )
+    return get_peft_model(LlamaForCausalLM(config), lora)
+
+
+@pytest.fixture(autouse=True)
+def single_thread() -> Iterator[None]:
+    """Tiny models run fastest on one thread; more threads only spin against other processes."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def lora_model() -> PeftModel:
+    return build_lora_model()
+
+
+def make_groups(num_groups: int = 3, group_size: int = 4, seed: int = 0) -> list[TrajectoryGroup]:
+    """Groups of varied prompt/completion lengths, one environment token, rewards 0/1 and a greedy baseline."""
+    rng = torch.Generator().manual_seed(seed)
+    groups = []
+    for p in range(num_groups):
+        prompt = torch.randint(1, VOCAB, (2 + p,), generator=rng).tolist()
+        trajectories = []
+        for g in range(group_size):
+            length = 2 + (g + p) % 4
+            ids = torch.randint(1, VOCAB, (length,), generator=rng).tolist()
+            logps = (-torch.rand(length, generator=rng) * 4).tolist()
+            loss_mask = [1] * length
+            if g == 1 and length > 2:
+                loss_mask[1] = 0  # an environment token in the middle
+            reward = float(torch.rand(1, generator=rng) > 0.5)
+            trajectories.append(
+                Trajectory(completion_ids=ids, sampler_logprobs=logps, reward=reward, loss_mask=loss_mask)
+            )
+        groups.append(
+            TrajectoryGroup(
+                run_id="run",
+                group_id=f"g{p}",
+                prompt_id=f"p{p}",
+                prompt="",
+                prompt_ids=prompt,
+                trajectories=trajectories,
+                adapter_version=0,
+                baseline_reward=0.5,
+            )
+        )
+    return groups
+
+
+@pytest.fixture
+def groups_factory() -> Callable[..., list[TrajectoryGroup]]:
+    return make_groups

@@ -1,0 +1,202 @@
+"""Step metrics on both axes, and detectors of compound failures that name the axis and the fix.
+
+Metric keys read ``reward/...`` (reward side) and ``trajectory/...`` (trajectory side). Detectors are
+registered like the choices are; each reads the step's metrics (and the spec) and returns a message when its
+failure signature is present.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from torch import Tensor
+
+from policyopt.workers.algorithms.registry import AGGREGATIONS
+from policyopt.workers.algorithms.reward_side.common import Metrics, group_std
+from policyopt.workers.algorithms.spec import MethodSpec
+
+
+@dataclass(frozen=True)
+class DiagnosticWarning:
+    """A failure signature seen in a step: its name, the axis to change, what was seen and what to do."""
+
+    name: str
+    axis: str
+    message: str
+    suggestion: str
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.axis}): {self.message}; suggestion: {self.suggestion}"
+
+
+def reward_metrics(raw_scores_B: Tensor, group_index_B: Tensor, num_groups: int) -> Metrics:
+    """reward/mean, std, zero-variance and near-uniform group fractions, on the RAW scores."""
+    scores_B = raw_scores_B.double()
+    batch_std = float(scores_B.std()) if scores_B.numel() > 1 else 0.0
+    std_P = group_std(scores_B, group_index_B, num_groups)
+    near_uniform_P = (std_P > 0) & (std_P <= 0.1 * batch_std)
+    return {
+        "reward/mean": float(scores_B.mean()),
+        "reward/std": batch_std,
+        "reward/group_std_mean": float(std_P.mean()),
+        "reward/zero_variance_group_fraction": float((std_P == 0).double().mean()),
+        "reward/near_uniform_group_fraction": float(near_uniform_P.double().mean()),
+    }
+
+
+def length_metrics(lengths_B: Tensor, sequence_advantages_B: Tensor) -> Metrics:
+    """trajectory/response_length_* and the mean length of positive- and negative-advantage responses."""
+    lengths_B = lengths_B.double()
+    metrics = {
+        "trajectory/response_length_mean": float(lengths_B.mean()),
+        "trajectory/response_length_max": float(lengths_B.max()),
+        "trajectory/response_length_min": float(lengths_B.min()),
+    }
+    for sign, selected_B in (
+        ("positive", sequence_advantages_B > 0),
+        ("negative", sequence_advantages_B < 0),
+    ):
+        if selected_B.any():
+            metrics[f"reward/{sign}_advantage_length_mean"] = float(lengths_B[selected_B].mean())
+    return metrics
+
+
+class TokenMetricAccumulator:
+    """Token-weighted means of per-token metric tensors over a whole step (names ending _max/_min reduce so)."""
+
+    def __init__(self) -> None:
+        self._sums: dict[str, float] = {}
+        self._counts: dict[str, float] = {}
+
+    def add(self, metrics: dict[str, Tensor], mask_B_T: Tensor) -> None:
+        selected_B_T = mask_B_T > 0
+        if not selected_B_T.any():
+            return
+        for name, values_B_T in metrics.items():
+            values_N = values_B_T.detach().float().expand_as(mask_B_T)[selected_B_T]
+            if name.endswith("_max"):
+                self._sums[name] = max(self._sums.get(name, float("-inf")), float(values_N.max()))
+            elif name.endswith("_min"):
+                self._sums[name] = min(self._sums.get(name, float("inf")), float(values_N.min()))
+            else:
+                self._sums[name] = self._sums.get(name, 0.0) + float(values_N.sum())
+                self._counts[name] = self._counts.get(name, 0.0) + float(values_N.numel())
+
+    def result(self) -> Metrics:
+        return {
+            name: total / self._counts[name] if name in self._counts else total
+            for name, total in self._sums.items()
+        }
+
+
+Detector = Callable[[Metrics, MethodSpec], str | None]
+
+
+@dataclass(frozen=True)
+class _DetectorEntry:
+    name: str
+    axis: str
+    suggestion: str
+    detect: Detector
+
+
+DETECTORS: list[_DetectorEntry] = []
+
+
+def register_detector(name: str, *, axis: str, suggestion: str) -> Callable[[Detector], Detector]:
+    def decorate(fn: Detector) -> Detector:
+        DETECTORS.append(_DetectorEntry(name, axis, suggestion, fn))
+        return fn
+
+    return decorate
+
+
+def detect_failures(metrics: Metrics, spec: MethodSpec) -> list[DiagnosticWarning]:
+    """Every registered failure signature present in this step's metrics."""
+    warnings = []
+    for detector in DETECTORS:
+        message = detector.detect(metrics, spec)
+        if message:
+            warnings.append(DiagnosticWarning(detector.name, detector.axis, message, detector.suggestion))
+    return warnings
+
+
+@register_detector(
+    "length_normalized_negative_advantages_grow",
+    axis="trajectory_side",
+    suggestion="set trajectory_side.aggregation to 'token_mean' (DAPO) or 'seq_mean_token_sum_norm' (Dr.GRPO)",
+)
+def detect_length_bias(metrics: Metrics, spec: MethodSpec) -> str | None:
+    """Per-sequence length normalization divides a wrong answer's penalty by its length, so long wrong answers
+    are cheap and responses grow (Liu et al. 2025, Dr.GRPO)."""
+    if "length_normalized" not in AGGREGATIONS.get(spec.trajectory_side.aggregation.name).attributes:
+        return None
+    negative = metrics.get("reward/negative_advantage_length_mean", 0.0)
+    positive = metrics.get("reward/positive_advantage_length_mean", float("inf"))
+    growth = metrics.get("trajectory/response_length_growth", 0.0)
+    if negative > positive and growth > 0:
+        return (
+            f"length-normalized aggregation while negative-advantage responses are longer ({negative:.0f} vs "
+            f"{positive:.0f} tokens) and responses grow (+{growth:.1f} tokens)"
+        )
+    return None
+
+
+@register_detector(
+    "std_normalization_amplifies_noise",
+    axis="reward_side",
+    suggestion="set reward_side.estimator.scale to 'none' (Dr.GRPO) or 'batch_std', or raise estimator.eps",
+)
+def detect_std_amplification(metrics: Metrics, spec: MethodSpec) -> str | None:
+    """Dividing by a near-zero group std turns tiny reward differences into full-size advantages."""
+    amplification = metrics.get("reward/std_amplification_max", 0.0)
+    near_uniform = metrics.get("reward/near_uniform_group_fraction", 0.0)
+    if amplification > 10.0 and near_uniform > 0.25:
+        return f"{near_uniform:.0%} of groups are near-uniform and std scaling amplifies them up to {amplification:.0f}x"
+    return None
+
+
+@register_detector(
+    "stale_or_mismatched_samples_clipping_inactive",
+    axis="trajectory_side",
+    suggestion="set trajectory_side.mismatch_correction to 'token_tis' (or 'sequence_mask'), or lower max_staleness",
+)
+def detect_inactive_clipping(metrics: Metrics, spec: MethodSpec) -> str | None:
+    """The ratio is taken against the trainer's own log-probs, so it starts at 1 and clipping never fires,
+    while the samples actually came from a different (stale or mismatched) sampler distribution."""
+    mismatch = metrics.get("trajectory/mismatch_kl", 0.0)
+    clipped = metrics.get("trajectory/clip_fraction_low", 0.0) + metrics.get(
+        "trajectory/clip_fraction_high", 0.0
+    )
+    corrected = abs(metrics.get("trajectory/mismatch_weight_mean", 1.0) - 1.0) > 1e-6
+    if mismatch > 1e-3 and clipped < 1e-3 and not corrected:
+        return f"sampler/trainer KL {mismatch:.2g} with clipping inactive ({clipped:.1%}) and no correction"
+    return None
+
+
+@register_detector(
+    "mostly_zero_variance_groups",
+    axis="reward_side",
+    suggestion="set reward_side.group_filter to 'zero_variance' (DAPO dynamic sampling), raise group_size, "
+    "or change prompt difficulty",
+)
+def detect_zero_variance(metrics: Metrics, spec: MethodSpec) -> str | None:
+    """Groups whose members all scored the same carry no group-relative signal."""
+    fraction = metrics.get("reward/zero_variance_group_fraction", 0.0)
+    if fraction > 0.5:
+        return f"{fraction:.0%} of groups have zero reward variance (no learning signal)"
+    return None
+
+
+@register_detector(
+    "entropy_collapse",
+    axis="trajectory_side",
+    suggestion="raise trajectory_side.objective.eps_high (clip-higher, 0.28) or trajectory_side.entropy_coef",
+)
+def detect_entropy_collapse(metrics: Metrics, spec: MethodSpec) -> str | None:
+    """Near-deterministic sampling stops exploration; groups then turn uniform."""
+    entropy = metrics.get("trajectory/entropy")
+    if entropy is not None and entropy < 0.05:
+        return f"mean token entropy {entropy:.3f} nats"
+    return None
