@@ -168,12 +168,13 @@ class PolicyOptimizerServicer(pb_grpc.PolicyOptimizerServicer):
         empty = [i for i, text in enumerate(texts) if not text.strip()]
         if empty:
             raise InvalidArgument(f"prompts {empty} have empty text; every prompt needs text")
-        if not run.config.reward_endpoint:
+        if run.config.reward_endpoint:
+            self.store.get_endpoint(run.tenant, run.config.reward_endpoint)
+        elif getattr(self.methods.resolve(run.config.method), "uses_task_reward", True):
             raise FailedPrecondition(
                 f"run {run.run_id} has no reward endpoint, so prompts cannot be scored; "
                 "create the run with reward_endpoint, or send scored trajectories with SubmitTrajectories"
             )
-        self.store.get_endpoint(run.tenant, run.config.reward_endpoint)
         self.lengths.check(run.config, texts)
 
     def _vocab_size(self, model: str) -> int:

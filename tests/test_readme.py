@@ -17,7 +17,9 @@ def test_readme_names_every_preset() -> None:
 def test_readme_names_every_registered_choice() -> None:
     choices, _ = list_methods()
     missing = [
-        f"{c.axis}:{c.name}" for c in choices if c.axis != "trajectory_side.settings" and f"`{c.name}`" not in README
+        f"{c.axis}:{c.name}"
+        for c in choices
+        if c.axis != "trajectory_side.settings" and f"`{c.name}`" not in README
     ]
     assert not missing, f"README's Methods section lacks choices {missing}"
 
@@ -34,8 +36,15 @@ def test_readme_override_example_resolves() -> None:
     from policyopt.core.types import MethodChoice
     from policyopt.workers.algorithms import resolve_method
 
-    example = README.split('method="dapo"', 1)[1].split("```", 1)[0]
-    reward = ast.literal_eval(example.split("reward_side=", 1)[1].split(",\n", 1)[0])
-    trajectory = ast.literal_eval(example.split("trajectory_side=", 1)[1].rsplit(")", 1)[0])
-    spec = resolve_method(MethodChoice("dapo", reward, trajectory))
+    block = next(b.split("```", 1)[0] for b in README.split("```python")[1:] if 'method="dapo"' in b)
+    call = next(n for n in ast.walk(ast.parse(block)) if isinstance(n, ast.Call) and n.keywords)
+    options = {k.arg: k.value for k in call.keywords}
+    spec = resolve_method(
+        MethodChoice(
+            ast.literal_eval(options["method"]),
+            ast.literal_eval(options["reward_side"]),
+            ast.literal_eval(options["trajectory_side"]),
+        )
+    )
     assert spec.trajectory_side.mismatch_correction.name == "token_tis"
+    assert spec.reward_side.group_filter.name == "zero_variance"

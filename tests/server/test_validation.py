@@ -97,3 +97,15 @@ def test_list_methods_shows_the_presets_and_the_choices(client_a: Client) -> Non
     catalog = client_a.list_methods()
     assert "grpo" in [p.name for p in catalog.presets]
     assert catalog.choices and all(c.axis and c.name for c in catalog.choices)
+
+
+def test_prompts_need_a_reward_endpoint_unless_the_method_ignores_task_rewards(
+    client_a: Client, tiny_model_dir: Path
+) -> None:
+    scored = client_a.create_run(base_model=str(tiny_model_dir), method="grpo")
+    with pytest.raises(FailedPrecondition, match="has no reward endpoint"):
+        scored.submit_prompts(["hello"])
+    distilled = client_a.create_run(
+        base_model=str(tiny_model_dir), method="opd", teacher_model=str(tiny_model_dir), teacher_coef=1.0
+    )
+    assert len(distilled.submit_prompts(["hello"])) == 1

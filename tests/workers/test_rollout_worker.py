@@ -24,6 +24,7 @@ from policyopt.core.types import (
     PromptTask,
     RunConfig,
     RunStatus,
+    TeacherConfig,
     TrajectoryGroup,
     from_json,
 )
@@ -224,6 +225,21 @@ def test_remax_runs_get_a_scored_greedy_baseline(
     (group,) = queued_groups(r, run_id)
     assert len(scripted.requests) == 2  # the group, then the greedy completion
     assert group.baseline_reward == float(len(scripted.requests[1].completions[0]))
+
+
+def test_pure_distillation_runs_sample_without_a_reward_endpoint(
+    settings: Settings, r: redis.Redis, tiny_dir: Path
+) -> None:
+    config = RunConfig(
+        base_model=str(tiny_dir), group_size=3, max_new_tokens=6, method=MethodChoice(preset="opd"),
+        teacher=TeacherConfig(model=str(tiny_dir), coef=1.0),
+    )  # fmt: skip
+    run_id = RunStore(r).create_run(TENANT, config).run_id
+    submit(r, run_id, n=1)
+    assert make_worker(settings, r).process_one(block_ms=100) == 1
+    (group,) = queued_groups(r, run_id)
+    assert [t.reward for t in group.trajectories] == [0.0, 0.0, 0.0]
+    assert not error_messages(r, run_id)
 
 
 def test_run_forever_finishes_the_prompt_in_hand_when_stopped(

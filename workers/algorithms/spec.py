@@ -160,6 +160,11 @@ class MethodSpec:
         return "greedy_baseline" in self.needs
 
     @property
+    def uses_task_reward(self) -> bool:
+        """False when the estimator ignores the reward endpoint's scores (pure OPD: ``task_coef`` 0)."""
+        return float(getattr(self.reward_side.estimator.params, "task_coef", 1.0)) != 0.0
+
+    @property
     def group_filter(self) -> GroupFilter:
         choice = self.reward_side.group_filter
         rounds = getattr(choice.params, "max_extra_rounds", 0)

@@ -36,6 +36,7 @@ from policyopt.core.settings import Settings
 from policyopt.core.telemetry import inject_context, span_from, tracer
 from policyopt.core.types import PromptTask, Run, RunConfig, RunStatus, Trajectory, TrajectoryGroup
 from policyopt.workers.adapters import AdapterStore, LocalAdapterStore
+from policyopt.workers.algorithms import resolve_method
 from policyopt.workers.engines import AdapterRef, RolloutEngine, Sample, SamplingParams, create_engine
 from policyopt.workers.models import resolve_base_model, set_torch_threads
 from policyopt.workers.queue import WorkQueue, consumer_name
@@ -48,11 +49,7 @@ log = logging.getLogger(__name__)
 
 def needs_greedy_baseline(config: RunConfig) -> bool:
     """Whether the run's method (e.g. ReMax) wants a greedy rollout's reward as its baseline."""
-    try:
-        from policyopt.workers.algorithms.resolve import resolve_method
-    except ImportError:
-        return False
-    return bool(getattr(resolve_method(config.method), "needs_greedy_baseline", False))
+    return resolve_method(config.method).needs_greedy_baseline
 
 
 class RolloutWorker:
@@ -176,7 +173,7 @@ class RolloutWorker:
         self,
         run: Run,
         task: PromptTask,
-        endpoint: RewardEndpointInfo,
+        endpoint: RewardEndpointInfo | None,
         prompt_ids: list[int],
         samples: list[Sample],
         greedy: Sample | None,
@@ -204,8 +201,10 @@ class RolloutWorker:
         )
 
     def _score(
-        self, run: Run, task: PromptTask, endpoint: RewardEndpointInfo, completions: list[str]
+        self, run: Run, task: PromptTask, endpoint: RewardEndpointInfo | None, completions: list[str]
     ) -> list[float]:
+        if endpoint is None:  # the method learns from the teacher alone; there is nothing to score
+            return [0.0] * len(completions)
         attributes: dict[str, str | int] = {"endpoint": endpoint.name, "completions": len(completions)}
         with tracer().start_as_current_span("reward_call", attributes=attributes):
             group = ScoreInput(
@@ -229,13 +228,16 @@ class RolloutWorker:
             return None
         return run
 
-    def _endpoint(self, run: Run) -> RewardEndpointInfo:
+    def _endpoint(self, run: Run) -> RewardEndpointInfo | None:
+        """The run's reward endpoint; None for a method that ignores task rewards (pure OPD)."""
         name = run.config.reward_endpoint
-        if not name:
-            raise RewardEndpointError(
-                f"run {run.run_id} has no reward endpoint; create runs with reward_endpoint=NAME"
-            )
-        return self.store.get_endpoint(run.tenant, name)
+        if name:
+            return self.store.get_endpoint(run.tenant, name)
+        if not resolve_method(run.config.method).uses_task_reward:
+            return None
+        raise RewardEndpointError(
+            f"run {run.run_id} has no reward endpoint; create runs with reward_endpoint=NAME"
+        )
 
     def _engine(self, config: RunConfig) -> RolloutEngine:
         """The engine for the run's base model, loaded once; the least recently used beyond max_engines closes."""
