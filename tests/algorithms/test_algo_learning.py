@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from peft import LoraConfig, PeftModel, get_peft_model
-from transformers import LlamaConfig, LlamaForCausalLM
+from conftest import build_lora_model
+from peft import PeftModel
 
 from policyopt.core.types import MethodChoice, Trajectory, TrajectoryGroup
 from policyopt.workers.algorithms import resolve_method
@@ -41,24 +41,13 @@ VOCAB = 64
 
 
 def build_policy() -> PeftModel:
-    """A 2-layer Llama (head_dim 32, init std 0.1) with a fresh rank-8 LoRA, seeded."""
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=VOCAB,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=2,
-        head_dim=32,
-        max_position_embeddings=64,
-        tie_word_embeddings=True,
+    """The library tests' tiny Llama (init std 0.1) with a fresh rank-8 LoRA (B = 0), seeded."""
+    return build_lora_model(
+        0,
         initializer_range=0.1,
+        target_modules=("q_proj", "k_proj", "v_proj", "o_proj", "down_proj"),
+        init_lora_weights=True,
     )
-    lora = LoraConfig(
-        r=8, lora_alpha=16, target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "down_proj"]
-    )
-    return get_peft_model(LlamaForCausalLM(config), lora)
 
 
 def reward(completion_ids_G_T: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

@@ -7,10 +7,9 @@ import copy
 
 import pytest
 import torch
-from conftest import make_groups
-from peft import LoraConfig, PeftModel, get_peft_model
+from conftest import build_lora_model, make_groups
+from peft import PeftModel
 from torch import Tensor, nn
-from transformers import LlamaConfig, LlamaForCausalLM
 
 from policyopt.core.errors import InvalidArgument
 from policyopt.core.types import MethodChoice
@@ -149,26 +148,7 @@ TASK_TOKENS = list(range(9, 17))
 
 def build_student(seed: int) -> PeftModel:
     """The library tests' tiny Llama + LoRA, with larger initial weights so its logits can move far."""
-    torch.manual_seed(seed)
-    config = LlamaConfig(
-        vocab_size=64,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=2,
-        head_dim=32,
-        max_position_embeddings=128,
-        tie_word_embeddings=True,
-        initializer_range=0.1,
-    )
-    lora = LoraConfig(
-        r=8,
-        lora_alpha=16,
-        target_modules=["q_proj", "v_proj", "o_proj", "down_proj"],
-        init_lora_weights=False,
-    )
-    return get_peft_model(LlamaForCausalLM(config), lora)
+    return build_lora_model(seed, initializer_range=0.1)
 
 
 def build_teacher(student: PeftModel) -> nn.Module:

@@ -11,7 +11,6 @@ import redis
 
 from policyopt.core.settings import Settings
 from policyopt.core.valkey import EmbeddedValkey
-from policyopt.workers.models import build_tiny_model
 
 if TYPE_CHECKING:
     from trainer_support import TrainerEnv
@@ -20,8 +19,9 @@ if TYPE_CHECKING:
 
 
 @pytest.fixture(scope="session")
-def trainer_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_tiny_model(tmp_path_factory.mktemp("tiny") / "model")
+def trainer_model_dir(tiny_model_dir: Path) -> Path:
+    """The session's tiny model (tests/conftest.py); read-only here."""
+    return tiny_model_dir
 
 
 @pytest.fixture(scope="module")

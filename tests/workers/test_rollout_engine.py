@@ -14,14 +14,15 @@ from rollout_support import make_adapter
 
 from policyopt.workers.engines import AdapterRef, SamplingParams, create_engine
 from policyopt.workers.engines.transformers_engine import TransformersEngine
-from policyopt.workers.models import build_tiny_model, load_model
+from policyopt.workers.models import load_model
 
 LOGPROB_TOLERANCE = 1e-4
 
 
 @pytest.fixture(scope="session")
-def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_tiny_model(tmp_path_factory.mktemp("rollout-tiny") / "model")
+def tiny_dir(tiny_model_dir: Path) -> Path:
+    """The session's tiny model (tests/conftest.py); read-only here."""
+    return tiny_model_dir
 
 
 @pytest.fixture(scope="module")

@@ -30,7 +30,6 @@ from policyopt.core.types import (
 )
 from policyopt.core.valkey import EmbeddedValkey
 from policyopt.workers.adapters import LocalAdapterStore
-from policyopt.workers.models import build_tiny_model
 from policyopt.workers.queue import PROMPTS_STREAM, ROLLOUT_GROUP, TRAINER_GROUP, WorkQueue, groups_stream
 from policyopt.workers.rollout.worker import RolloutWorker
 from policyopt.workers.store import RewardEndpointInfo, RunStore
@@ -39,8 +38,9 @@ TENANT = "acme"
 
 
 @pytest.fixture(scope="session")
-def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_tiny_model(tmp_path_factory.mktemp("rollout-worker-tiny") / "model")
+def tiny_dir(tiny_model_dir: Path) -> Path:
+    """The session's tiny model (tests/conftest.py); read-only here."""
+    return tiny_model_dir
 
 
 @pytest.fixture(scope="module")
