@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 from policyopt.core.errors import InvalidArgument, NotFound
 from policyopt.core.types import MethodChoice, Run, RunConfig
 from policyopt.server.convert import GroupInput, TrajectoryInput, TurnInput, shared_prompt_length
-from policyopt.workers.models import context_length, resolve_base_model
+from policyopt.workers.models import context_length, encode_user_prompt, resolve_base_model
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -46,12 +46,8 @@ def validate_run_config(config: RunConfig) -> None:
 
 
 def _prompt_length(tokenizer: PreTrainedTokenizerBase, text: str) -> int:
-    """Tokens of ``text`` rendered as one user message with the model's chat template."""
-    encoded = tokenizer.apply_chat_template(
-        [{"role": "user", "content": text}], tokenize=True, add_generation_prompt=True
-    )
-    ids = encoded["input_ids"] if not isinstance(encoded, list) else encoded  # type: ignore[index]
-    return len(ids)
+    """Tokens of ``text`` rendered exactly as the rollout engines render it."""
+    return len(encode_user_prompt(tokenizer, text))
 
 
 class PromptLengthChecker:

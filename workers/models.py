@@ -16,13 +16,13 @@ import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from policyopt.core.errors import FailedPrecondition, InvalidArgument
 
 if TYPE_CHECKING:
     import torch
-    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+    from transformers import BatchEncoding, PreTrainedModel, PreTrainedTokenizerBase
 
 log = logging.getLogger(__name__)
 
@@ -311,3 +311,17 @@ def load_model(
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch_dtype).to(target)  # type: ignore[arg-type]
     model.eval()
     return model, tokenizer
+
+
+def encode_user_prompt(tokenizer: PreTrainedTokenizerBase, text: str) -> list[int]:
+    """Token ids of ``text`` as one user message with the chat template's generation prompt.
+
+    The one rendering of a submitted prompt: the server's length check and every rollout engine use it,
+    so what is checked is what is sampled from. A tokenizer without a chat template encodes the plain text.
+    """
+    if not tokenizer.chat_template:
+        return [int(i) for i in tokenizer(text)["input_ids"]]
+    encoded = tokenizer.apply_chat_template(
+        [{"role": "user", "content": text}], add_generation_prompt=True, tokenize=True, return_dict=True
+    )
+    return [int(i) for i in cast("BatchEncoding", encoded)["input_ids"]]

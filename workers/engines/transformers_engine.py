@@ -16,12 +16,10 @@ import logging
 from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
-from typing import cast
 
 import torch
 from peft import PeftModel
 from transformers import (
-    BatchEncoding,
     GenerationConfig,
     LogitsProcessor,
     LogitsProcessorList,
@@ -33,7 +31,7 @@ from transformers import (
 
 from policyopt.core.errors import FailedPrecondition
 from policyopt.workers.engines.base import FINISH_LENGTH, FINISH_STOP, AdapterRef, Sample, SamplingParams
-from policyopt.workers.models import context_length, load_model
+from policyopt.workers.models import context_length, encode_user_prompt, load_model
 
 log = logging.getLogger(__name__)
 
@@ -128,13 +126,7 @@ class TransformersEngine:
         return sorted(ids)
 
     def encode_chat(self, prompt: str) -> list[int]:
-        messages = [{"role": "user", "content": prompt}]
-        if self.tokenizer.chat_template:
-            encoded = self.tokenizer.apply_chat_template(
-                messages, add_generation_prompt=True, tokenize=True, return_dict=True
-            )
-            return [int(i) for i in cast(BatchEncoding, encoded)["input_ids"]]
-        return [int(i) for i in self.tokenizer(prompt)["input_ids"]]
+        return encode_user_prompt(self.tokenizer, prompt)
 
     def sample(
         self,

@@ -21,16 +21,16 @@ import logging
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 from policyopt.core.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from policyopt.workers.engines.base import FINISH_LENGTH, FINISH_STOP, AdapterRef, Sample, SamplingParams
 from policyopt.workers.engines.vllm_http import JSONObject, VLLMClient
 from policyopt.workers.engines.vllm_lora import LoraSlots, parse_adapter_name
-from policyopt.workers.models import context_length
+from policyopt.workers.models import context_length, encode_user_prompt
 
 if TYPE_CHECKING:
-    from transformers import BatchEncoding, PreTrainedTokenizerBase
+    from transformers import PreTrainedTokenizerBase
 
 log = logging.getLogger(__name__)
 
@@ -100,13 +100,7 @@ class VLLMEngine:
         return self._tokenizer
 
     def encode_chat(self, prompt: str) -> list[int]:
-        messages = [{"role": "user", "content": prompt}]
-        if self.tokenizer.chat_template:
-            encoded = self.tokenizer.apply_chat_template(
-                messages, add_generation_prompt=True, tokenize=True, return_dict=True
-            )
-            return [int(i) for i in cast("BatchEncoding", encoded)["input_ids"]]
-        return [int(i) for i in self.tokenizer(prompt)["input_ids"]]
+        return encode_user_prompt(self.tokenizer, prompt)
 
     # -- sampling ----------------------------------------------------------------------------------------
     def sample(
