@@ -34,7 +34,7 @@ class DemoSize:
 # Sized so that the default run takes about 10 minutes on 2 CPU cores, and `--model tiny` about one.
 SIZES = {
     "smollm2": DemoSize(
-        "smollm2", steps=36, group_size=6, prompts_per_step=4, max_new_tokens=12, learning_rate=2e-4
+        "smollm2", steps=60, group_size=6, prompts_per_step=4, max_new_tokens=12, learning_rate=2e-4
     ),
     "tiny": DemoSize(
         "tiny", steps=30, group_size=8, prompts_per_step=4, max_new_tokens=8, learning_rate=3e-2

@@ -20,7 +20,7 @@ from types import TracebackType
 
 from policyopt.core.errors import Unavailable
 from policyopt.core.settings import Settings
-from policyopt.core.valkey import EmbeddedValkey, _die_with_parent
+from policyopt.core.valkey import EmbeddedValkey, die_with_parent
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +100,7 @@ def _spawn(name: str, args: list[str], env: dict[str, str], log_dir: Path | None
         stdout=out,
         stderr=subprocess.STDOUT if out else None,
         stdin=subprocess.DEVNULL,
-        preexec_fn=_die_with_parent,
+        preexec_fn=die_with_parent,
     )
 
 

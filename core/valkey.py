@@ -24,11 +24,12 @@ log = logging.getLogger(__name__)
 _PR_SET_PDEATHSIG = 1
 
 
-def _die_with_parent() -> None:
-    """Runs in the child between fork and exec."""
+def die_with_parent() -> None:
+    """``preexec_fn`` for children we own: the kernel SIGKILLs them when the parent dies, and they get
+    their own process group, so a terminal's Ctrl-C reaches only us and we stop them in order."""
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-    os.setpgrp()  # a Ctrl-C in the terminal reaches us, and we stop Valkey after the workers
+    os.setpgrp()
 
 
 def _free_port(host: str) -> int:
@@ -82,7 +83,7 @@ class EmbeddedValkey:
                 "--protected-mode", "no",
                 "--logfile", str(self.data_dir / "valkey.log"),
             ]  # fmt: skip
-            self._proc = subprocess.Popen(args, preexec_fn=_die_with_parent, stdin=subprocess.DEVNULL)
+            self._proc = subprocess.Popen(args, preexec_fn=die_with_parent, stdin=subprocess.DEVNULL)
             if self._wait_ready(self.host, port, timeout_s):
                 self.port = port
                 log.info("embedded Valkey on %s:%d, data in %s", self.host, port, self.data_dir)

@@ -145,6 +145,19 @@ class WorkQueue:
             pipe.xadd(stream, {"data": to_json(group)})
         return [i.decode() for i in pipe.execute()]
 
+    def resample_group(self, message_id: str, group: TrajectoryGroup) -> str:
+        """Send a stale group's prompt back to the rollout workers and drop the group, in one transaction.
+
+        For groups sampled from a prompt (``group.prompt`` set) that are older than the run's
+        ``max_staleness`` by the time a trainer reads them; nothing is lost if the process dies mid-way.
+        """
+        task = PromptTask(group.run_id, group.prompt_id, group.prompt, group.metadata, group.trace)
+        pipe = self.r.pipeline(transaction=True)
+        pipe.xadd(PROMPTS_STREAM, {"data": to_json(task)})
+        pipe.incr(queued_prompts_key(group.run_id))
+        self.ack_groups(pipe, group.run_id, [message_id])
+        return text(pipe.execute()[0])
+
     def read_groups(
         self, run_id: str, consumer: str, count: int, block_ms: int = 1000
     ) -> list[tuple[str, TrajectoryGroup]]:

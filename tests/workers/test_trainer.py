@@ -12,9 +12,9 @@ from trainer_support import StandInFilter, StandInSpec, StandInUpdater, TrainerE
 from transformers import AutoModelForCausalLM
 
 from policyopt.core.errors import FailedPrecondition
-from policyopt.core.types import EventKind, MethodChoice, RunStatus, TrajectoryGroup
+from policyopt.core.types import EventKind, MethodChoice, PromptTask, RunStatus, TrajectoryGroup, from_json
 from policyopt.workers.adapters import LocalAdapterStore, verify_files
-from policyopt.workers.queue import TRAINER_GROUP, groups_stream
+from policyopt.workers.queue import PROMPTS_STREAM, TRAINER_GROUP, WorkQueue, groups_stream
 from policyopt.workers.store import RunStore
 
 
@@ -80,6 +80,25 @@ def test_short_batch_waits_with_groups_pending(trainer_env: TrainerEnv) -> None:
     trainer_env.push_groups(run, 1)
     assert worker.train_once(run.run_id) is True
     assert _pending(trainer_env, run.run_id) == 0
+
+
+def test_groups_older_than_max_staleness_go_back_to_the_rollout_workers(trainer_env: TrainerEnv) -> None:
+    run = trainer_env.create_run(prompts_per_step=2, max_staleness=1)
+    worker = trainer_env.worker()
+    trainer_env.push_groups(run, 2)
+    trainer_env.push_groups(run, 2, adapter_version=1)
+    assert worker.train_once(run.run_id) and worker.train_once(run.run_id)  # versions 1 and 2
+
+    stale = trainer_env.push_groups(run, 2, adapter_version=0)  # 2 updates behind the policy at v2
+    fresh = trainer_env.push_groups(run, 2, adapter_version=1)
+    assert worker.train_once(run.run_id) is True
+    manifest = _store(trainer_env).read_manifest(run.run_id, 3)
+    assert manifest.group_ids == fresh and not set(stale) & set(manifest.group_ids)
+    assert manifest.metrics["trainer/groups_resampled_stale"] == 2.0
+    requeued = [from_json(PromptTask, f[b"data"]) for _id, f in trainer_env.r.xrange(PROMPTS_STREAM)]
+    assert [(t.run_id, t.prompt) for t in requeued] == [(run.run_id, "What is 1 + 1?")] * 2
+    assert WorkQueue(trainer_env.r).queued_prompts(run.run_id) == 2
+    assert _pending(trainer_env, run.run_id) == 0 and trainer_env.r.xlen(groups_stream(run.run_id)) == 0
 
 
 def test_max_steps_completes_the_run(trainer_env: TrainerEnv) -> None:

@@ -105,7 +105,10 @@ def _assert_trained_exactly_once(env: TrainerEnv, run: Run, submitted: list[str]
 
 
 def _new_run(env: TrainerEnv) -> tuple[Run, list[str]]:
-    run = env.create_run(method=MethodChoice("grpo"), prompts_per_step=PER_STEP, learning_rate=1e-3)
+    # Every group is sampled at version 0 up front, so the run must allow that much staleness.
+    run = env.create_run(
+        method=MethodChoice("grpo"), prompts_per_step=PER_STEP, learning_rate=1e-3, max_staleness=STEPS
+    )
     return run, env.push_groups(run, GROUPS)
 
 

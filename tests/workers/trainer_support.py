@@ -103,7 +103,12 @@ class TrainerEnv:
         return RunStore(self.r).create_run("tenant", RunConfig(base_model=str(self.model_dir), **values))
 
     def make_group(
-        self, run: Run, *, zero_variance: bool = False, trace: dict[str, str] | None = None
+        self,
+        run: Run,
+        *,
+        zero_variance: bool = False,
+        trace: dict[str, str] | None = None,
+        adapter_version: int = 0,
     ) -> TrajectoryGroup:
         size = run.config.group_size
         rewards = (
@@ -128,12 +133,18 @@ class TrainerEnv:
             prompt="What is 1 + 1?",
             prompt_ids=prompt_ids,
             trajectories=trajectories,
-            adapter_version=0,
+            adapter_version=adapter_version,
             trace=dict(trace or {}),
         )
 
     def push_groups(
-        self, run: Run, n: int, *, zero_variance: bool = False, trace: dict[str, str] | None = None
+        self,
+        run: Run,
+        n: int,
+        *,
+        zero_variance: bool = False,
+        trace: dict[str, str] | None = None,
+        adapter_version: int = 0,
     ) -> list[str]:
         """Queue ``n`` groups as a rollout worker would (XADD to the run's stream); returns their group ids."""
         WorkQueue(self.r)  # creates the prompt stream's group
@@ -142,7 +153,9 @@ class TrainerEnv:
             self.r.xgroup_create(stream, TRAINER_GROUP, id="0", mkstream=True)
         ids = []
         for _ in range(n):
-            group = self.make_group(run, zero_variance=zero_variance, trace=trace)
+            group = self.make_group(
+                run, zero_variance=zero_variance, trace=trace, adapter_version=adapter_version
+            )
             self.r.xadd(stream, {"data": to_json(group)})
             ids.append(group.group_id)
         return ids

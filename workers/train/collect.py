@@ -24,6 +24,7 @@ class CollectedGroups:
     dropped_message_ids: list[str] = field(default_factory=list)
     dropped_group_ids: list[str] = field(default_factory=list)
     exhausted: bool = False  # the filter's limit on groups examined was reached
+    resampled: int = 0  # stale groups whose prompts went back to the rollout workers
 
     @property
     def examined(self) -> int:
@@ -55,9 +56,12 @@ def collect_groups(
     max_examined: int | None = None,
     block_ms: int = 500,
     should_continue: Callable[[], bool] = lambda: True,
+    is_stale: Callable[[TrajectoryGroup], bool] = lambda group: False,
 ) -> CollectedGroups:
     """Read groups (own pending, abandoned, then new) until ``target`` pass ``keep``.
 
+    A group for which ``is_stale`` holds is not trained on: its prompt is queued again for a fresh
+    rollout (``WorkQueue.resample_group``), so training never uses samples older than the run allows.
     Returns early with a short batch when the stream has nothing more right now, when
     ``should_continue`` turns false, or (``exhausted``) after ``max_examined`` groups were read.
     """
@@ -77,7 +81,10 @@ def collect_groups(
             break
         for mid, group in fresh[:want]:
             taken.add(mid)
-            if keep is None or keep(group):
+            if is_stale(group):
+                queue.resample_group(mid, group)
+                batch.resampled += 1
+            elif keep is None or keep(group):
                 batch.groups.append(group)
                 batch.message_ids.append(mid)
             else:

@@ -27,6 +27,7 @@ from policyopt.core.types import (
     RunConfig,
     RunEvent,
     RunStatus,
+    TrajectoryGroup,
 )
 from policyopt.workers.adapters.store import AdapterStore, LocalAdapterStore
 from policyopt.workers.queue import WorkQueue, consumer_name
@@ -52,6 +53,15 @@ from policyopt.workers.train.session import (
 )
 
 log = logging.getLogger(__name__)
+
+
+def is_stale(group: TrajectoryGroup, policy_version: int, max_staleness: int) -> bool:
+    """A group sampled (from a prompt) more than ``max_staleness`` updates before the policy it would train.
+
+    Client-built groups (SubmitTrajectories, no prompt text) are checked when submitted and never resampled;
+    their lag is handled by the method's mismatch correction.
+    """
+    return bool(group.prompt) and policy_version - group.adapter_version > max_staleness
 
 
 WARNING_REPEAT_STEPS = 10
@@ -97,6 +107,7 @@ class TrainerWorker:
         self._spec_resolver = spec_resolver
         self._sessions: dict[str, RunSession] = {}
         self._update_failures: dict[str, int] = {}
+        self._resampled: dict[str, int] = {}  # run -> stale groups sent back since its last step
         self._warned: dict[str, dict[str, int]] = {}  # run -> warning name -> step last announced
         self._stop = threading.Event()
         log.info(
@@ -170,7 +181,10 @@ class TrainerWorker:
             max_examined=max_examined,
             block_ms=self.block_ms,
             should_continue=lambda: not self._stop.is_set() and self.leases.holds(run_id),
+            is_stale=lambda group: is_stale(group, session.version, config.max_staleness),
         )
+        # Resamples of earlier, short collections count towards the step that finally trains.
+        self._resampled[run_id] = self._resampled.get(run_id, 0) + batch.resampled
         if len(batch.groups) < config.prompts_per_step and not (batch.exhausted and batch.groups):
             if batch.exhausted:
                 self._ack_dropped_only(session, batch)
@@ -197,6 +211,7 @@ class TrainerWorker:
                     "trainer/step_seconds": time.monotonic() - started,
                     "trainer/groups": float(len(batch.groups)),
                     "trainer/groups_dropped": float(len(batch.dropped_message_ids)),
+                    "trainer/groups_resampled_stale": float(self._resampled.pop(run_id, 0)),
                 }
             )
             self.checkpoints.save(
