@@ -14,8 +14,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from policyopt.cli.common import Subparsers
+from policyopt.cli.demo_task import TASKS, DemoTask, DigitsTask
 from policyopt.cli.report import plot_rewards, sparkline
-from policyopt.cli.supervisor import start_stack
+from policyopt.cli.supervisor import Stack, start_stack
+from policyopt.client import Client, EventKind, RewardServer, RunHandle
 from policyopt.core.settings import Settings, load_settings
 
 log = logging.getLogger(__name__)
@@ -56,9 +58,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from policyopt.cli import demo_task
-    from policyopt.client import Client, RewardServer
-    from policyopt.workers.models import resolve_base_model
+    from policyopt.workers.models import resolve_base_model  # imports torch: only when the demo runs
 
     size = SIZES[args.model]
     steps = args.steps or size.steps
@@ -69,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"policyopt demo: {args.model}, {steps} steps of {args.method}; output in {out_dir}")
     print("preparing the base model (converted to safetensors once, then cached) ...")
     model_dir = resolve_base_model(size.model, settings.data_dir)
-    task = demo_task.TASKS[args.model](seed=args.seed)
+    task = TASKS[args.model](seed=args.seed)
     with (
         start_stack(settings, log_dir=out_dir / "logs") as stack,
         RewardServer(task.score, batch=True) as endpoint,
@@ -96,7 +96,9 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _drive(run_handle: object, task: object, steps: int, size: DemoSize, stack: object) -> list[float]:
+def _drive(
+    run_handle: RunHandle, task: DemoTask | DigitsTask, steps: int, size: DemoSize, stack: Stack
+) -> list[float]:
     """Keep two steps of prompts queued ahead of the trainer; collect the mean reward of each step."""
     from tqdm import tqdm
 
@@ -106,23 +108,27 @@ def _drive(run_handle: object, task: object, steps: int, size: DemoSize, stack: 
     def feed(up_to_step: int) -> None:
         nonlocal submitted
         while submitted < min(up_to_step, steps):
-            prompts, metadata = task.prompts(size.prompts_per_step)  # type: ignore[attr-defined]
-            run_handle.submit_prompts(prompts, metadata=metadata)  # type: ignore[attr-defined]
+            prompts, metadata = task.prompts(size.prompts_per_step)
+            run_handle.submit_prompts(prompts, metadata=metadata)
             submitted += 1
 
     feed(2)
     bar = tqdm(total=steps, unit="step", desc="training", dynamic_ncols=True)
-    for event in run_handle.watch():  # type: ignore[attr-defined]
-        stack.check_alive()  # type: ignore[attr-defined]
-        if event.kind == "step":
+    for event in run_handle.watch():
+        stack.check_alive()
+        if event.kind == EventKind.STEP:
             mean = float(event.metrics.get("reward/mean", float("nan")))
             rewards.append(mean)
             bar.update(1)
             bar.set_postfix(reward=f"{mean:.3f}", version=event.version)
             feed(event.step + 2)
-        elif event.kind in ("error", "warning"):
+        elif event.kind in (EventKind.ERROR, EventKind.WARNING):
             bar.write(f"[{event.kind}] {event.message}")
-        elif event.kind == "status" and event.message.split(":")[0] in ("completed", "failed", "cancelled"):
+        elif event.kind == EventKind.STATUS and event.message.split(":")[0] in (
+            "completed",
+            "failed",
+            "cancelled",
+        ):
             break
         if len(rewards) >= steps:
             break
