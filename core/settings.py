@@ -44,6 +44,8 @@ class Settings:
     """Retries of transient reward-endpoint failures (UNAVAILABLE, DEADLINE_EXCEEDED)."""
     max_queued_prompts: int = 10000
     """Per run; SubmitPrompts beyond it gets RESOURCE_EXHAUSTED."""
+    trainer_lease_ms: int = 30000
+    """How long a trainer's run lease lives without renewal: how soon a dead trainer's runs move on."""
     claim_idle_ms: int = 60000
     """A pending message idle this long is claimed by another worker (its owner is presumed dead)."""
     log_level: str = "INFO"
@@ -74,6 +76,7 @@ _ENV = {
     "POLICYOPT_REWARD_RETRIES": "reward_retries",
     "POLICYOPT_MAX_QUEUED_PROMPTS": "max_queued_prompts",
     "POLICYOPT_CLAIM_IDLE_MS": "claim_idle_ms",
+    "POLICYOPT_TRAINER_LEASE_MS": "trainer_lease_ms",
     "POLICYOPT_LOG_LEVEL": "log_level",
     "POLICYOPT_VLLM_URL": "vllm_urls",
 }

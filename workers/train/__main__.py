@@ -1,6 +1,6 @@
 """``python -m policyopt.workers.train``: one trainer worker, configured from the environment.
 
-Reads REDIS_URL, POLICYOPT_DATA_DIR and the other settings (see README); POLICYOPT_TRAINER_LEASE_MS sets
+Reads REDIS_URL, POLICYOPT_DATA_DIR and the other settings (see README); POLICYOPT_TRAINER_LEASE_MS (Settings.trainer_lease_ms) sets
 the run-lease time to live. SIGTERM or SIGINT finishes or abandons the current step cleanly, releases the
 run leases and exits 0.
 """
