@@ -96,6 +96,7 @@ class PromptTask:
     prompt: str
     metadata: dict[str, JSONValue] = field(default_factory=dict)
     trace: dict[str, str] = field(default_factory=dict)  # W3C trace-context carrier
+    attempt: int = 0  # times dynamic sampling sent this prompt back for fresh samples
 
 
 @dataclass(frozen=True)
@@ -138,6 +139,7 @@ class TrajectoryGroup:
     metadata: dict[str, JSONValue] = field(default_factory=dict)
     baseline_reward: float | None = None  # ReMax greedy rollout reward, when the method asks for one
     trace: dict[str, str] = field(default_factory=dict)
+    attempt: int = 0  # the prompt's PromptTask.attempt when it was sampled
 
 
 @dataclass(frozen=True)

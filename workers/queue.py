@@ -145,13 +145,17 @@ class WorkQueue:
             pipe.xadd(stream, {"data": to_json(group)})
         return [i.decode() for i in pipe.execute()]
 
-    def resample_group(self, message_id: str, group: TrajectoryGroup) -> str:
-        """Send a stale group's prompt back to the rollout workers and drop the group, in one transaction.
+    def resample_group(self, message_id: str, group: TrajectoryGroup, attempt: int | None = None) -> str:
+        """Send a group's prompt back to the rollout workers and drop the group, in one transaction.
 
-        For groups sampled from a prompt (``group.prompt`` set) that are older than the run's
-        ``max_staleness`` by the time a trainer reads them; nothing is lost if the process dies mid-way.
+        For groups sampled from a prompt (``group.prompt`` set) that are staler than the run allows, or
+        that dynamic sampling filtered out (``attempt`` counts those rounds); nothing is lost if the
+        process dies mid-way.
         """
-        task = PromptTask(group.run_id, group.prompt_id, group.prompt, group.metadata, group.trace)
+        task = PromptTask(
+            group.run_id, group.prompt_id, group.prompt, group.metadata, group.trace,
+            attempt=group.attempt if attempt is None else attempt,
+        )  # fmt: skip
         pipe = self.r.pipeline(transaction=True)
         pipe.xadd(PROMPTS_STREAM, {"data": to_json(task)})
         pipe.incr(queued_prompts_key(group.run_id))

@@ -174,6 +174,29 @@ def test_dynamic_sampling_drops_zero_variance_groups_and_acks_them_with_the_step
     assert RunStore(trainer_env.r).get_run(run.run_id).groups_trained == 2
 
 
+def test_dynamic_sampling_sends_dropped_prompts_back_when_the_queue_runs_dry(trainer_env: TrainerEnv) -> None:
+    run = trainer_env.create_run(prompts_per_step=2)
+    good = trainer_env.push_groups(run, 1)
+    flat = trainer_env.push_groups(run, 1, zero_variance=True)
+    worker = trainer_env.worker(
+        spec_resolver=lambda config: StandInSpec(group_filter=StandInFilter(max_extra_rounds=1))
+    )
+
+    assert worker.train_once(run.run_id) is False  # one group kept, the flat one resampled
+    (requeued,) = [from_json(PromptTask, f[b"data"]) for _id, f in trainer_env.r.xrange(PROMPTS_STREAM)]
+    assert (requeued.run_id, requeued.attempt) == (run.run_id, 1)
+    assert _pending(trainer_env, run.run_id) == 1  # the kept group waits; the flat one is gone
+
+    trainer_env.push_groups(run, 1, zero_variance=True, attempt=1)  # its resample: flat again, out of rounds
+    assert worker.train_once(run.run_id) is False
+    assert trainer_env.r.xlen(PROMPTS_STREAM) == 1  # not sent back a second time
+    more = trainer_env.push_groups(run, 1)
+    assert worker.train_once(run.run_id) is True
+    manifest = _store(trainer_env).read_manifest(run.run_id, 1)
+    assert manifest.group_ids == good + more and not set(flat) & set(manifest.group_ids)
+    assert _pending(trainer_env, run.run_id) == 0
+
+
 def test_dynamic_sampling_limit_trains_a_short_batch_with_a_warning(trainer_env: TrainerEnv) -> None:
     run = trainer_env.create_run(prompts_per_step=2)
     trainer_env.push_groups(run, 3, zero_variance=True)

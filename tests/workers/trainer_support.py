@@ -109,6 +109,7 @@ class TrainerEnv:
         zero_variance: bool = False,
         trace: dict[str, str] | None = None,
         adapter_version: int = 0,
+        attempt: int = 0,
     ) -> TrajectoryGroup:
         size = run.config.group_size
         rewards = (
@@ -135,6 +136,7 @@ class TrainerEnv:
             trajectories=trajectories,
             adapter_version=adapter_version,
             trace=dict(trace or {}),
+            attempt=attempt,
         )
 
     def push_groups(
@@ -145,6 +147,7 @@ class TrainerEnv:
         zero_variance: bool = False,
         trace: dict[str, str] | None = None,
         adapter_version: int = 0,
+        attempt: int = 0,
     ) -> list[str]:
         """Queue ``n`` groups as a rollout worker would (XADD to the run's stream); returns their group ids."""
         WorkQueue(self.r)  # creates the prompt stream's group
@@ -154,7 +157,11 @@ class TrainerEnv:
         ids = []
         for _ in range(n):
             group = self.make_group(
-                run, zero_variance=zero_variance, trace=trace, adapter_version=adapter_version
+                run,
+                zero_variance=zero_variance,
+                trace=trace,
+                adapter_version=adapter_version,
+                attempt=attempt,
             )
             self.r.xadd(stream, {"data": to_json(group)})
             ids.append(group.group_id)

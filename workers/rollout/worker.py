@@ -198,6 +198,7 @@ class RolloutWorker:
             metadata=task.metadata,
             baseline_reward=baseline,
             trace=inject_context(),
+            attempt=task.attempt,
         )
 
     def _score(

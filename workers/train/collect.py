@@ -23,6 +23,7 @@ class CollectedGroups:
     message_ids: list[str] = field(default_factory=list)
     dropped_message_ids: list[str] = field(default_factory=list)
     dropped_group_ids: list[str] = field(default_factory=list)
+    dropped_groups: list[TrajectoryGroup] = field(default_factory=list)
     exhausted: bool = False  # the filter's limit on groups examined was reached
     resampled: int = 0  # stale groups whose prompts went back to the rollout workers
 
@@ -90,6 +91,7 @@ def collect_groups(
             else:
                 batch.dropped_message_ids.append(mid)
                 batch.dropped_group_ids.append(group_key(group, mid))
+                batch.dropped_groups.append(group)
     return batch
 
 

@@ -188,6 +188,10 @@ class TrainerWorker:
         if len(batch.groups) < config.prompts_per_step and not (batch.exhausted and batch.groups):
             if batch.exhausted:
                 self._ack_dropped_only(session, batch)
+            elif max_examined:
+                # The queue ran dry before the batch filled: DAPO keeps sampling, so the dropped prompts
+                # go back to the rollout workers, each at most max_extra_rounds times.
+                self._resample_dropped(batch, max_examined // config.prompts_per_step - 1)
             return False
         if self._stop.is_set() or not self.leases.holds(run_id):
             return False  # abandon before touching the model: the groups stay pending
@@ -279,6 +283,11 @@ class TrainerWorker:
             policy.save_adapter(session.model, Path(staging))
             policy.save_critic(getattr(session.updater, "critic", None), Path(staging))
             return self.store.publish(session.run.run_id, version, Path(staging), manifest)
+
+    def _resample_dropped(self, batch: CollectedGroups, max_rounds: int) -> None:
+        for message_id, group in zip(batch.dropped_message_ids, batch.dropped_groups, strict=True):
+            if group.prompt and group.attempt < max_rounds:
+                self.queue.resample_group(message_id, group, attempt=group.attempt + 1)
 
     def _ack_dropped_only(self, session: RunSession, batch: CollectedGroups) -> None:
         """Every group examined up to the filter's limit was dropped: ack them without a step."""
