@@ -13,6 +13,12 @@ from policyopt.core.types import Trajectory, TrajectoryGroup
 
 VOCAB = 64
 
+ISSUE_PRESETS = (
+    "reinforce", "ppo", "grpo", "dr_grpo", "dapo", "rloo", "reinforce_pp", "reinforce_pp_baseline", "remax",
+    "gspo", "cispo",
+)  # fmt: skip
+"""The presets the method-library issue names; the library may add more (agentic_grpo, grpo_opd, opd)."""
+
 
 def build_lora_model(
     seed: int = 0,

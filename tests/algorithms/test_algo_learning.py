@@ -12,26 +12,14 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import build_lora_model
+from conftest import ISSUE_PRESETS, build_lora_model
 from peft import PeftModel
 
 from policyopt.core.types import MethodChoice, Trajectory, TrajectoryGroup
 from policyopt.workers.algorithms import resolve_method
 from policyopt.workers.train.update import PolicyUpdater
 
-PRESETS = [
-    "reinforce",
-    "ppo",
-    "grpo",
-    "dr_grpo",
-    "dapo",
-    "rloo",
-    "reinforce_pp",
-    "reinforce_pp_baseline",
-    "remax",
-    "gspo",
-    "cispo",
-]
+PRESETS = ISSUE_PRESETS
 COMPLETION_LENGTH = 6
 GROUP_SIZE = 8
 PROMPTS_PER_STEP = 4

@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import pytest
+from conftest import ISSUE_PRESETS
 
 from policyopt.core.errors import InvalidArgument
 from policyopt.core.types import MethodChoice
 from policyopt.workers.algorithms import PRESETS, list_methods, resolve_method
 from policyopt.workers.algorithms.registry import ALL_REGISTRIES
 
-EXPECTED_PRESETS = {
-    "reinforce", "ppo", "grpo", "dr_grpo", "dapo", "rloo", "reinforce_pp", "reinforce_pp_baseline", "remax", "gspo",
-    "cispo",
-}  # fmt: skip
+EXPECTED_PRESETS = set(ISSUE_PRESETS)
 
 
 def test_every_preset_exists_and_resolves() -> None:

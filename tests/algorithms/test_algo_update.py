@@ -7,7 +7,7 @@ import dataclasses
 
 import pytest
 import torch
-from conftest import build_lora_model, make_groups
+from conftest import ISSUE_PRESETS, build_lora_model, make_groups
 from peft import PeftModel
 
 from policyopt.core.types import MethodChoice
@@ -94,22 +94,7 @@ def test_gradient_is_the_same_for_any_micro_batch_size(lora_model: PeftModel, pr
             torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-4)
 
 
-@pytest.mark.parametrize(
-    "preset",
-    [
-        "reinforce",
-        "ppo",
-        "grpo",
-        "dr_grpo",
-        "dapo",
-        "rloo",
-        "reinforce_pp",
-        "reinforce_pp_baseline",
-        "remax",
-        "gspo",
-        "cispo",
-    ],
-)
+@pytest.mark.parametrize("preset", ISSUE_PRESETS)
 def test_every_preset_step_changes_the_adapter(preset: str) -> None:
     model = build_lora_model()
     before = [p.detach().clone() for p in model.parameters() if p.requires_grad]
