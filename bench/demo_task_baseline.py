@@ -16,9 +16,10 @@ import tempfile
 import time
 
 from policyopt.cli.demo_task import DemoTask
+from policyopt.models import resolve_base_model
 from policyopt.workers.engines import SamplingParams
 from policyopt.workers.engines.transformers_engine import TransformersEngine
-from policyopt.workers.models import resolve_base_model, set_torch_threads
+from policyopt.workers.placement import configure_threads
 
 
 def reward_distribution(engine: TransformersEngine, args: argparse.Namespace) -> None:
@@ -77,7 +78,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=0, help="torch threads; 0 = half the cores")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
-    threads = set_torch_threads(args.threads)
+    threads = configure_threads(args.threads)
     model_dir = resolve_base_model(args.model, args.data_dir or tempfile.mkdtemp(prefix="policyopt-bench-"))
     print(f"model {model_dir}, {threads} torch threads")
     engine = TransformersEngine(model_dir, device="cpu")

@@ -25,12 +25,12 @@ import torch
 
 from policyopt.core.types import AdapterManifest, RunConfig
 from policyopt.core.valkey import EmbeddedValkey
-from policyopt.workers.adapters.store import LocalAdapterStore
+from policyopt.models import build_tiny_model, resolve_base_model
+from policyopt.state.adapter_store import LocalAdapterStore
+from policyopt.state.queue import WorkQueue
+from policyopt.state.runs import RunStore
 from policyopt.workers.engines.vllm_launch import VLLMServer
-from policyopt.workers.models import build_tiny_model, resolve_base_model
-from policyopt.workers.queue import WorkQueue
-from policyopt.workers.serving_sync import Served, ServingSync
-from policyopt.workers.store import RunStore
+from policyopt.workers.serving import Served, ServingSync
 from policyopt.workers.train import policy
 from policyopt.workers.train.checkpoint import CheckpointStore
 

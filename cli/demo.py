@@ -58,7 +58,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from policyopt.workers.models import resolve_base_model  # imports torch: only when the demo runs
+    from policyopt.models import resolve_base_model  # imports torch: only when the demo runs
 
     size = SIZES[args.model]
     steps = args.steps or size.steps

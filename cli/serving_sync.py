@@ -1,7 +1,7 @@
 """``policyopt serving-sync --vllm URL [--vllm URL ...] [--run RUN] [--pin VERSION]``.
 
 Keeps vLLM endpoints on the newest adapter version (plus pinned ones) as the trainer publishes them;
-see ``policyopt.workers.serving_sync``. Needs the service's ``REDIS_URL`` and a vLLM that reads the
+see ``policyopt.workers.serving``. Needs the service's ``REDIS_URL`` and a vLLM that reads the
 same adapter store (``POLICYOPT_ADAPTER_STORE`` / ``POLICYOPT_DATA_DIR``).
 """
 
@@ -57,8 +57,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from policyopt.core.errors import InvalidArgument
     from policyopt.core.settings import load_settings
-    from policyopt.workers.redis_conn import connect
-    from policyopt.workers.serving_sync import ServingSync
+    from policyopt.state.connection import connect
+    from policyopt.workers.serving import ServingSync
 
     settings = load_settings()
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")

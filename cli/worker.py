@@ -31,7 +31,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.role == "rollout":
-        from policyopt.workers.rollout.__main__ import serve_rollout
+        from policyopt.workers.rollout.service import serve_rollout
 
         serve_rollout(settings)
     else:

@@ -7,7 +7,7 @@ Needs only grpcio and protobuf. Public names::
     RewardServer                   host a reward function as a RewardService
     Turn, Trajectory, TrajectoryGroup   client-built (agentic) trajectories for submit_trajectories
     policyopt.client.agentic       TrajectoryBuilder, ChatTemplateRenderer: trajectories from vLLM responses
-    RunInfo, RunEvent, AdapterVersion, ...   plain dataclasses (policyopt.client.types)
+    RunInfo, RunEvent, AdapterVersion, MethodSettings, ...   plain dataclasses (policyopt.client.types)
     PolicyOptError and subclasses  exceptions by the service's names (policyopt.client.errors)
 """
 
@@ -29,10 +29,12 @@ from policyopt.client.reward_server import RewardServer
 from policyopt.client.sync import Client, RunHandle
 from policyopt.client.types import (
     AdapterVersion,
+    CreateRunOptions,
     EventKind,
     MethodCatalog,
     MethodChoiceInfo,
     MethodParameter,
+    MethodSettings,
     PresetInfo,
     RewardEndpoint,
     RunEvent,
@@ -52,6 +54,7 @@ __all__ = [
     "AsyncClient",
     "AsyncRunHandle",
     "Client",
+    "CreateRunOptions",
     "DeadlineExceeded",
     "EventKind",
     "FailedPrecondition",
@@ -59,6 +62,7 @@ __all__ = [
     "MethodCatalog",
     "MethodChoiceInfo",
     "MethodParameter",
+    "MethodSettings",
     "NotFound",
     "PolicyOptError",
     "PresetInfo",

@@ -12,6 +12,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+from types import TracebackType
 from typing import BinaryIO
 
 from policyopt.client._convert import version_from_proto
@@ -31,7 +32,10 @@ def _safe_name(name: str) -> str:
 
 
 class AdapterWriter:
-    """Feed every ``AdapterChunk`` to ``add``, then ``finish`` returns the final directory."""
+    """Feed every ``AdapterChunk`` to ``add``, then ``finish`` returns the final directory.
+
+    As a context manager it removes what an unfinished pull left behind.
+    """
 
     def __init__(self, dest_dir: str | os.PathLike[str]) -> None:
         self.dest_dir = Path(dest_dir)
@@ -41,6 +45,14 @@ class AdapterWriter:
         self._name = ""
         self._digest = hashlib.sha256()
         self._done: set[str] = set()
+
+    def __enter__(self) -> AdapterWriter:
+        return self
+
+    def __exit__(
+        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.abort()
 
     def add(self, chunk: pb.AdapterChunk) -> None:
         if chunk.HasField("manifest"):

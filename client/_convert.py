@@ -2,19 +2,21 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 
-from google.protobuf import json_format, struct_pb2
+from google.protobuf import struct_pb2
 
 from policyopt.client.errors import InvalidArgument
+from policyopt.client.structs import dict_to_struct, struct_to_dict
 from policyopt.client.types import (
     AdapterVersion,
+    CreateRunOptions,
     EventKind,
     JSONValue,
     MethodCatalog,
     MethodChoiceInfo,
     MethodParameter,
+    MethodSettings,
     PresetInfo,
     RewardEndpoint,
     RunEvent,
@@ -32,63 +34,45 @@ _TOP_LEVEL_OPTIONS = (
     "group_size", "prompts_per_step", "max_new_tokens", "temperature", "top_p", "learning_rate",
     "max_steps", "max_staleness", "engine", "seed",
 )  # fmt: skip
+_LORA_OPTIONS = {"lora_rank": "rank", "lora_alpha": "alpha", "lora_dropout": "dropout"}
 
 
-def _plain(value: JSONValue) -> JSONValue:
-    if isinstance(value, float) and math.isfinite(value) and value.is_integer():
-        return int(value)
-    if isinstance(value, list):
-        return [_plain(v) for v in value]
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    return value
+def _struct(data: Mapping[str, JSONValue] | None) -> struct_pb2.Struct:
+    try:
+        return dict_to_struct(data)
+    except (TypeError, ValueError) as exc:
+        raise InvalidArgument(
+            f"metadata must be JSON-like (str, number, bool, None, list, dict): {exc}"
+        ) from exc
 
 
-def struct_to_dict(struct: struct_pb2.Struct) -> dict[str, JSONValue]:
-    result: dict[str, JSONValue] = _plain(json_format.MessageToDict(struct))  # type: ignore[assignment]
-    return result
-
-
-def dict_to_struct(data: Mapping[str, JSONValue] | None) -> struct_pb2.Struct:
-    struct = struct_pb2.Struct()
-    if data:
-        try:
-            struct.update(dict(data))
-        except (TypeError, ValueError) as exc:
-            raise InvalidArgument(
-                f"metadata must be JSON-like (str, number, bool, None, list, dict): {exc}"
-            ) from exc
-    return struct
-
-
-def create_run_request(
-    base_model: str,
-    method: str,
-    reward_endpoint: str,
-    reward_side: Mapping[str, JSONValue] | None,
-    trajectory_side: Mapping[str, JSONValue] | None,
-    options: RunOptions,
-) -> pb.CreateRunRequest:
-    unknown = set(options) - set(RunOptions.__annotations__)
-    if unknown:
-        raise TypeError(
-            f"create_run() got unknown options {sorted(unknown)}; known: {sorted(RunOptions.__annotations__)}"
-        )
-    request = pb.CreateRunRequest(
-        base_model=base_model,
-        reward_endpoint=reward_endpoint,
-        method=pb.MethodSpec(
-            preset=method,
-            reward_side=dict_to_struct(reward_side),
-            trajectory_side=dict_to_struct(trajectory_side),
-        ),
+def method_to_proto(
+    preset: str, reward_side: Mapping[str, JSONValue] | None, trajectory_side: Mapping[str, JSONValue] | None
+) -> pb.MethodSpec:
+    return pb.MethodSpec(
+        preset=preset, reward_side=_struct(reward_side), trajectory_side=_struct(trajectory_side)
     )
-    for name in _TOP_LEVEL_OPTIONS:
-        if name in options:
-            setattr(request, name, options[name])  # type: ignore[literal-required]
-    for name in ("rank", "alpha", "dropout"):
-        if f"lora_{name}" in options:
-            setattr(request.lora, name, options[f"lora_{name}"])  # type: ignore[literal-required]
+
+
+_METHOD_OPTIONS = ("method", "reward_endpoint", "reward_side", "trajectory_side")
+
+
+def create_run_request(base_model: str, options: CreateRunOptions) -> pb.CreateRunRequest:
+    known = set(RunOptions.__annotations__) | set(_METHOD_OPTIONS)
+    unknown = set(options) - known
+    if unknown:
+        raise TypeError(f"create_run() got unknown options {sorted(unknown)}; known: {sorted(known)}")
+    method = method_to_proto(
+        options.get("method", "grpo"), options.get("reward_side"), options.get("trajectory_side")
+    )
+    request = pb.CreateRunRequest(
+        base_model=base_model, reward_endpoint=options.get("reward_endpoint", ""), method=method
+    )
+    for name, value in options.items():
+        if name in _TOP_LEVEL_OPTIONS:
+            setattr(request, name, value)
+        elif name in _LORA_OPTIONS:
+            setattr(request.lora, _LORA_OPTIONS[name], value)
     request.lora.target_modules.extend(options.get("lora_target_modules", []))
     request.teacher.model = options.get("teacher_model", "")
     request.teacher.endpoint = options.get("teacher_endpoint", "")
@@ -109,9 +93,16 @@ def submit_prompts_request(
     return pb.SubmitPromptsRequest(
         run_id=run_id,
         prompts=[
-            pb.Prompt(text=text, metadata=dict_to_struct(meta))
-            for text, meta in zip(prompts, metas, strict=True)
+            pb.Prompt(text=text, metadata=_struct(meta)) for text, meta in zip(prompts, metas, strict=True)
         ],
+    )
+
+
+def method_settings_from_proto(spec: pb.MethodSpec) -> MethodSettings:
+    return MethodSettings(
+        preset=spec.preset,
+        reward_side=struct_to_dict(spec.reward_side),
+        trajectory_side=struct_to_dict(spec.trajectory_side),
     )
 
 
@@ -144,6 +135,7 @@ def run_from_proto(run: pb.Run) -> RunInfo:
         groups_trained=run.groups_trained,
         created_at=run.created_at,
         error=run.error,
+        resolved_method=method_settings_from_proto(run.resolved_method),
     )
 
 
@@ -170,6 +162,11 @@ def version_from_proto(version: pb.AdapterVersion) -> AdapterVersion:
         metrics=dict(version.metrics),
         files=dict(version.files),
         created_at=version.created_at,
+        resolved_method=(
+            method_settings_from_proto(version.resolved_method)
+            if version.HasField("resolved_method")
+            else None
+        ),
     )
 
 
@@ -241,7 +238,7 @@ def submit_trajectories_request(run_id: str, groups: Sequence[GroupLike]) -> pb.
                     )
                     for t in members
                 ],
-                metadata=dict_to_struct(metadata),
+                metadata=_struct(metadata),
             )
         )
     return pb.SubmitTrajectoriesRequest(run_id=run_id, groups=messages)

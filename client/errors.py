@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from typing import Protocol
 
 import grpc
 
@@ -91,7 +92,7 @@ def error_from_rpc(exc: grpc.RpcError) -> PolicyOptError:
     details = (details_method() if callable(details_method) else None) or str(code)
     cls = _BY_NAME.get(_class_name_from(exc)) or _BY_CODE.get(code, PolicyOptError)
     error = cls(details)
-    error.status_code = code  # type: ignore[attr-defined]
+    vars(error)["status_code"] = code  # the core's error classes know nothing of grpc, so no such field
     return error
 
 
@@ -102,6 +103,25 @@ def translating() -> Iterator[None]:
         yield
     except grpc.RpcError as exc:
         raise error_from_rpc(exc) from exc
+
+
+class _Cancellable(Protocol):
+    def cancel(self) -> bool: ...
+
+
+@contextlib.contextmanager
+def streaming(call: _Cancellable) -> Iterator[None]:
+    """Read a server stream in the block: its errors as SDK exceptions, and the call cancelled on leaving.
+
+    A cancelled call just ends the block; leaving the loop early is how a caller stops a stream.
+    """
+    try:
+        yield
+    except grpc.RpcError as exc:
+        if exc.code() != grpc.StatusCode.CANCELLED:
+            raise error_from_rpc(exc) from exc
+    finally:
+        call.cancel()
 
 
 __all__ = [
@@ -117,5 +137,6 @@ __all__ = [
     "Unauthenticated",
     "Unavailable",
     "error_from_rpc",
+    "streaming",
     "translating",
 ]

@@ -14,10 +14,11 @@ import threading
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent import futures
 from types import TracebackType
+from typing import TypeVar, cast
 
 import grpc
 
-from policyopt.client._convert import struct_to_dict
+from policyopt.client.structs import struct_to_dict
 from policyopt.client.types import JSONValue
 from policyopt.v1 import reward_pb2 as rpb
 from policyopt.v1 import reward_pb2_grpc as rpb_grpc
@@ -30,6 +31,8 @@ BatchScore = (
     Callable[[str, list[str], Metadata], Sequence[float]]
     | Callable[[str, list[str], Metadata], Awaitable[Sequence[float]]]
 )
+GroupScore = Callable[[str, list[str], Metadata], Sequence[float] | Awaitable[Sequence[float]]]
+T = TypeVar("T")
 
 
 def _is_async(fn: object) -> bool:
@@ -37,19 +40,41 @@ def _is_async(fn: object) -> bool:
     return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(call)
 
 
+async def _settled(value: T | Awaitable[T]) -> T:
+    return await value if isinstance(value, Awaitable) else value
+
+
+def _returned(value: T | Awaitable[T]) -> T:
+    if isinstance(value, Awaitable):
+        raise TypeError("the reward function returned an awaitable; make it `async def`")
+    return value
+
+
+def _group_scorer(fn: ItemScore | BatchScore, batch: bool) -> GroupScore:
+    """``fn`` as a function that scores a whole group, whichever form it has.
+
+    ``batch`` is the caller's word for the form: a callable's parameter types cannot be checked at run time.
+    """
+    if batch:
+        return cast(BatchScore, fn)
+    score_one = cast(ItemScore, fn)
+
+    async def score_each_async(prompt: str, completions: list[str], metadata: Metadata) -> list[float]:
+        return list(await asyncio.gather(*(_settled(score_one(prompt, c, metadata)) for c in completions)))
+
+    def score_each(prompt: str, completions: list[str], metadata: Metadata) -> list[float]:
+        return [_returned(score_one(prompt, c, metadata)) for c in completions]
+
+    return score_each_async if _is_async(fn) else score_each
+
+
 class _Scorer(rpb_grpc.RewardServiceServicer):
-    def __init__(
-        self, fn: ItemScore | BatchScore, batch: bool, loop: asyncio.AbstractEventLoop | None
-    ) -> None:
-        self.fn = fn
-        self.batch = batch
+    def __init__(self, score: GroupScore, loop: asyncio.AbstractEventLoop | None) -> None:
+        self.score = score
         self.loop = loop
 
     async def _score_async(self, prompt: str, completions: list[str], metadata: Metadata) -> list[float]:
-        if self.batch:
-            return list(await self.fn(prompt, completions, metadata))  # type: ignore[arg-type, misc]
-        scores = await asyncio.gather(*(self.fn(prompt, c, metadata) for c in completions))  # type: ignore[arg-type]
-        return list(scores)  # type: ignore[arg-type]
+        return list(await _settled(self.score(prompt, completions, metadata)))
 
     def _score(
         self, prompt: str, completions: list[str], metadata: Metadata, timeout: float | None
@@ -59,9 +84,7 @@ class _Scorer(rpb_grpc.RewardServiceServicer):
                 self._score_async(prompt, completions, metadata), self.loop
             )
             return future.result(timeout)
-        if self.batch:
-            return list(self.fn(prompt, completions, metadata))  # type: ignore[arg-type]
-        return [self.fn(prompt, c, metadata) for c in completions]  # type: ignore[arg-type, misc]
+        return list(_returned(self.score(prompt, completions, metadata)))
 
     def Score(self, request: rpb.ScoreRequest, context: grpc.ServicerContext) -> rpb.ScoreResponse:
         completions = list(request.completions)
@@ -120,7 +143,9 @@ class RewardServer:
         server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=self.max_workers, thread_name_prefix="reward")
         )
-        rpb_grpc.add_RewardServiceServicer_to_server(_Scorer(self.fn, self.batch, self._loop), server)
+        rpb_grpc.add_RewardServiceServicer_to_server(
+            _Scorer(_group_scorer(self.fn, self.batch), self._loop), server
+        )
         self.port = server.add_insecure_port(f"{self.host}:{self.port}")
         server.start()
         self._server = server

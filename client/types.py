@@ -5,6 +5,7 @@ Metadata values are JSON: numbers travel as doubles, and integral ones come back
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import TypedDict
@@ -51,6 +52,33 @@ class RunOptions(TypedDict, total=False):
     teacher_coef: float
 
 
+class CreateRunOptions(RunOptions, total=False):
+    """``create_run``'s keyword arguments: the method and its reward endpoint, then any ``RunOptions``.
+
+    ``method`` is a preset name (default ``"grpo"``; ``list_methods()`` shows them), ``reward_side`` and
+    ``trajectory_side`` override fields of either axis, ``reward_endpoint`` names a registered endpoint
+    (empty for client-built trajectories).
+    """
+
+    method: str
+    reward_endpoint: str
+    reward_side: Mapping[str, JSONValue] | None
+    trajectory_side: Mapping[str, JSONValue] | None
+
+
+@dataclass(frozen=True)
+class MethodSettings:
+    """A method as CreateRun resolved and pinned it: the preset and every field of both axes."""
+
+    preset: str  # the preset it started from, for display
+    reward_side: dict[str, JSONValue]  # every reward-side slot with all its parameters
+    trajectory_side: dict[str, JSONValue]  # every trajectory-side slot with all its parameters
+
+
+def _no_method() -> MethodSettings:
+    return MethodSettings("", {}, {})
+
+
 @dataclass(frozen=True)
 class RunInfo:
     """A snapshot of a run: its configuration and progress."""
@@ -82,6 +110,7 @@ class RunInfo:
     groups_trained: int
     created_at: float
     error: str
+    resolved_method: MethodSettings = field(default_factory=_no_method)  # pinned at CreateRun; empty if older
 
 
 @dataclass(frozen=True)
@@ -106,6 +135,7 @@ class AdapterVersion:
     metrics: dict[str, float] = field(default_factory=dict)
     files: dict[str, str] = field(default_factory=dict)  # file name -> sha256 hex
     created_at: float = 0.0
+    resolved_method: MethodSettings | None = None  # the full method that trained it; None if unpinned
 
 
 @dataclass(frozen=True)
@@ -193,11 +223,13 @@ class TrajectoryGroup:
 
 __all__ = [
     "AdapterVersion",
+    "CreateRunOptions",
     "EventKind",
     "JSONValue",
     "MethodCatalog",
     "MethodChoiceInfo",
     "MethodParameter",
+    "MethodSettings",
     "PresetInfo",
     "RewardEndpoint",
     "RunEvent",

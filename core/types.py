@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
+import types
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, TypeVar, get_type_hints
@@ -43,6 +44,20 @@ class MethodChoice:
 
 
 @dataclass(frozen=True)
+class ResolvedMethod:
+    """A run's method as CreateRun resolved and pinned it: every field of both axes, as JSON.
+
+    Each slot holds ``{"name": ..., <every param>: ...}`` (list slots a list of those) and each plain field
+    its value, so the method is rebuilt from this alone, never from a preset: editing a preset later does
+    not change a run in flight. ``preset`` names what it started from, for display.
+    """
+
+    preset: str
+    reward_side: dict[str, JSONValue] = field(default_factory=dict)
+    trajectory_side: dict[str, JSONValue] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class TeacherConfig:
     """GRPO-OPD teacher: a local model path or a served endpoint, and the distillation coefficient."""
 
@@ -71,6 +86,9 @@ class RunConfig:
     engine: str = "transformers"  # rollout engine: transformers or vllm
     seed: int = 0
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    # Set by CreateRun; None only in run records written before methods were pinned (resolved from
+    # ``method`` then).
+    resolved_method: ResolvedMethod | None = None
 
 
 @dataclass
@@ -143,18 +161,28 @@ class TrajectoryGroup:
 
 
 @dataclass(frozen=True)
+class RewardEndpointInfo:
+    """A tenant's registered RewardService: where the rollout workers call it, and its deadline."""
+
+    name: str
+    address: str
+    timeout_s: float = 0.0
+
+
+@dataclass(frozen=True)
 class AdapterManifest:
     run_id: str
     version: int
     step: int
     base_model: str
-    method: str
+    method: str  # the preset name
     metrics: dict[str, float] = field(default_factory=dict)
     files: dict[str, str] = field(default_factory=dict)  # file name -> sha256
     group_ids: list[str] = field(
         default_factory=list
     )  # groups the step trained on (exactly-once bookkeeping)
     created_at: float = field(default_factory=time.time)
+    resolved_method: ResolvedMethod | None = None  # the full method that trained this version
 
 
 @dataclass(frozen=True)
@@ -175,6 +203,9 @@ def to_json(obj: object) -> str:
 
 
 def _build(cls: type, data: Any) -> Any:
+    if isinstance(cls, types.UnionType):  # ``X | None``: build the one non-None member
+        members = [m for m in cls.__args__ if m is not type(None)]
+        return None if data is None else _build(members[0], data) if len(members) == 1 else data
     if dataclasses.is_dataclass(cls) and isinstance(data, dict):
         hints = get_type_hints(cls)
         kwargs = {}
@@ -210,6 +241,8 @@ __all__ = [
     "EventKind",
     "MethodChoice",
     "PromptTask",
+    "ResolvedMethod",
+    "RewardEndpointInfo",
     "Run",
     "RunConfig",
     "RunEvent",

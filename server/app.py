@@ -16,10 +16,10 @@ from grpc_reflection.v1alpha import reflection
 from policyopt.core.settings import Settings
 from policyopt.core.telemetry import setup_telemetry
 from policyopt.server.interceptors import server_interceptors
-from policyopt.server.servicer import MethodLibrary, PolicyOptimizerServicer, default_method_library
+from policyopt.server.servicer import PolicyOptimizerServicer
+from policyopt.state import connect
 from policyopt.v1 import policyopt_pb2 as pb
 from policyopt.v1 import policyopt_pb2_grpc as pb_grpc
-from policyopt.workers.redis_conn import connect
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +95,6 @@ def build_server(
     settings: Settings,
     *,
     r: redis.Redis | None = None,
-    methods: MethodLibrary | None = None,
     max_workers: int = 32,
     poll_ms: int = 1000,
 ) -> PolicyOptServer:
@@ -110,7 +109,7 @@ def build_server(
         interceptors=server_interceptors(settings.api_keys),
         options=[("grpc.max_send_message_length", 8 << 20), ("grpc.max_receive_message_length", 64 << 20)],
     )
-    servicer = PolicyOptimizerServicer(settings, r, methods or default_method_library(), poll_ms=poll_ms)
+    servicer = PolicyOptimizerServicer(settings, r, poll_ms=poll_ms)
     pb_grpc.add_PolicyOptimizerServicer_to_server(servicer, server)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

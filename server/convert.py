@@ -6,19 +6,21 @@ doubles; integral ones come back as ``int`` so ``{"answer": 5}`` survives the ro
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields, replace
-from typing import Protocol
+from typing import Protocol, TypeVar
 
-from google.protobuf import json_format, struct_pb2
+from google.protobuf.message import Message
 
+from policyopt.client.structs import dict_to_struct, struct_to_dict
 from policyopt.core.errors import InvalidArgument
 from policyopt.core.types import (
     AdapterManifest,
     EventKind,
     JSONValue,
     MethodChoice,
+    ResolvedMethod,
+    RewardEndpointInfo,
     Run,
     RunConfig,
     RunEvent,
@@ -28,34 +30,12 @@ from policyopt.core.types import (
     TrajectoryGroup,
 )
 from policyopt.v1 import policyopt_pb2 as pb
-from policyopt.workers.store import RewardEndpointInfo
 
 _DEFAULTS = {f.name: f.default for f in fields(RunConfig) if f.name != "base_model"}
 _OPTIONAL_FIELDS = (
     "group_size", "prompts_per_step", "max_new_tokens", "temperature", "top_p",
     "learning_rate", "max_steps", "max_staleness", "seed",
 )  # fmt: skip
-
-
-def _plain(value: JSONValue) -> JSONValue:
-    if isinstance(value, float) and math.isfinite(value) and value.is_integer():
-        return int(value)
-    if isinstance(value, list):
-        return [_plain(v) for v in value]
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    return value
-
-
-def struct_to_dict(struct: struct_pb2.Struct) -> dict[str, JSONValue]:
-    result: dict[str, JSONValue] = _plain(json_format.MessageToDict(struct))
-    return result
-
-
-def dict_to_struct(data: Mapping[str, JSONValue]) -> struct_pb2.Struct:
-    struct = struct_pb2.Struct()
-    struct.update(dict(data))
-    return struct
 
 
 def method_from_proto(spec: pb.MethodSpec) -> MethodChoice:
@@ -66,12 +46,17 @@ def method_from_proto(spec: pb.MethodSpec) -> MethodChoice:
     )
 
 
-def method_to_proto(method: MethodChoice) -> pb.MethodSpec:
+def method_to_proto(method: MethodChoice | ResolvedMethod) -> pb.MethodSpec:
     return pb.MethodSpec(
         preset=method.preset,
         reward_side=dict_to_struct(method.reward_side),
         trajectory_side=dict_to_struct(method.trajectory_side),
     )
+
+
+def _resolved_to_proto(method: ResolvedMethod | None) -> pb.MethodSpec | None:
+    """The pinned method; unset for runs recorded before methods were pinned."""
+    return method_to_proto(method) if method is not None else None
 
 
 def run_config_from_request(request: pb.CreateRunRequest) -> RunConfig:
@@ -96,39 +81,38 @@ def run_config_from_request(request: pb.CreateRunRequest) -> RunConfig:
     )
 
 
+M = TypeVar("M", bound=Message)
+
+
+def _message(cls: type[M], *sources: object, **given: object) -> M:
+    """A ``cls`` message: the fields in ``given`` as given, every other field copied from the first source
+    with an attribute of the same name (the domain records use the contract's field names)."""
+    values = dict(given)
+    for field in cls.DESCRIPTOR.fields:
+        if field.name not in values:
+            source = next((s for s in sources if hasattr(s, field.name)), None)
+            if source is not None:
+                values[field.name] = getattr(source, field.name)
+    return cls(**values)
+
+
 def run_to_proto(run: Run) -> pb.Run:
     config = run.config
-    return pb.Run(
-        run_id=run.run_id,
-        status=pb.RunStatus.Value(f"RUN_STATUS_{run.status.name}"),
-        base_model=config.base_model,
+    lora = pb.LoraSpec(
+        rank=config.lora_rank,
+        alpha=config.lora_alpha,
+        dropout=config.lora_dropout,
+        target_modules=list(config.lora_target_modules),
+    )
+    return _message(
+        pb.Run,
+        run,
+        config,
+        status=f"RUN_STATUS_{run.status.name}",
         method=method_to_proto(config.method),
-        reward_endpoint=config.reward_endpoint,
-        group_size=config.group_size,
-        prompts_per_step=config.prompts_per_step,
-        max_new_tokens=config.max_new_tokens,
-        temperature=config.temperature,
-        top_p=config.top_p,
-        learning_rate=config.learning_rate,
-        lora=pb.LoraSpec(
-            rank=config.lora_rank,
-            alpha=config.lora_alpha,
-            dropout=config.lora_dropout,
-            target_modules=list(config.lora_target_modules),
-        ),
-        max_steps=config.max_steps,
-        max_staleness=config.max_staleness,
-        engine=config.engine,
-        seed=config.seed,
-        teacher=pb.TeacherSpec(
-            model=config.teacher.model, endpoint=config.teacher.endpoint, coef=config.teacher.coef
-        ),
-        version=run.version,
-        step=run.step,
-        prompts_submitted=run.prompts_submitted,
-        groups_trained=run.groups_trained,
-        created_at=run.created_at,
-        error=run.error,
+        lora=lora,
+        teacher=_message(pb.TeacherSpec, config.teacher),
+        resolved_method=_resolved_to_proto(config.resolved_method),
     )
 
 
@@ -137,33 +121,15 @@ def run_status_from_proto(value: int) -> RunStatus:
 
 
 def event_to_proto(event: RunEvent) -> pb.RunEvent:
-    return pb.RunEvent(
-        event_id=event.event_id,
-        run_id=event.run_id,
-        kind=pb.EventKind.Value(f"EVENT_KIND_{EventKind(event.kind).name}"),
-        message=event.message,
-        step=event.step,
-        version=event.version,
-        metrics=dict(event.metrics),
-        timestamp=event.timestamp,
-    )
+    return _message(pb.RunEvent, event, kind=f"EVENT_KIND_{EventKind(event.kind).name}")
 
 
 def manifest_to_proto(manifest: AdapterManifest) -> pb.AdapterVersion:
-    return pb.AdapterVersion(
-        run_id=manifest.run_id,
-        version=manifest.version,
-        step=manifest.step,
-        base_model=manifest.base_model,
-        method=manifest.method,
-        metrics=dict(manifest.metrics),
-        files=dict(manifest.files),
-        created_at=manifest.created_at,
-    )
+    return _message(pb.AdapterVersion, manifest, resolved_method=_resolved_to_proto(manifest.resolved_method))
 
 
 def endpoint_to_proto(endpoint: RewardEndpointInfo) -> pb.RewardEndpoint:
-    return pb.RewardEndpoint(name=endpoint.name, address=endpoint.address, timeout_s=endpoint.timeout_s)
+    return _message(pb.RewardEndpoint, endpoint)
 
 
 def prompts_from_request(request: pb.SubmitPromptsRequest) -> list[tuple[str, dict[str, JSONValue]]]:

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import re
 import uuid
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator
+from dataclasses import replace
 
 import grpc
 import redis
@@ -17,61 +17,30 @@ import redis
 from policyopt.core.errors import FailedPrecondition, InvalidArgument
 from policyopt.core.settings import Settings
 from policyopt.core.telemetry import inject_context
-from policyopt.core.types import MethodChoice, PromptTask, Run, RunStatus
-from policyopt.server import convert, streams
+from policyopt.core.types import PromptTask, RewardEndpointInfo, Run, RunStatus
+from policyopt.server import convert, methods, streams
 from policyopt.server.interceptors import current_tenant
 from policyopt.server.validation import (
-    MethodResolver,
     PromptLengthChecker,
     validate_run_config,
     validate_teacher,
     validate_trajectory_groups,
 )
+from policyopt.state import AdapterStore, LocalAdapterStore, RunStore, WorkQueue
 from policyopt.v1 import policyopt_pb2 as pb
 from policyopt.v1 import policyopt_pb2_grpc as pb_grpc
-from policyopt.workers.adapters import AdapterStore, LocalAdapterStore
-from policyopt.workers.queue import WorkQueue
-from policyopt.workers.store import RewardEndpointInfo, RunStore
 
 _ENDPOINT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 _ADDRESS = re.compile(r"^(\[[0-9a-fA-F:]+\]|[A-Za-z0-9.-]+):\d{1,5}$")
 
 
-@dataclass(frozen=True)
-class MethodLibrary:
-    """What the servicer needs from ``policyopt.workers.algorithms``."""
-
-    resolve: MethodResolver
-    catalog: Callable[[], convert.MethodCatalog]
-
-
-def _resolve_method(choice: MethodChoice) -> object:
-    from policyopt.workers.algorithms import resolve_method
-
-    return resolve_method(choice)
-
-
-def _list_methods() -> convert.MethodCatalog:
-    from policyopt.workers.algorithms import list_methods
-
-    return list_methods()
-
-
-def default_method_library() -> MethodLibrary:
-    """The method library (imported on first use: it pulls in torch)."""
-    return MethodLibrary(resolve=_resolve_method, catalog=_list_methods)
-
-
 class PolicyOptimizerServicer(pb_grpc.PolicyOptimizerServicer):
-    def __init__(
-        self, settings: Settings, r: redis.Redis, methods: MethodLibrary, poll_ms: int = 1000
-    ) -> None:
+    def __init__(self, settings: Settings, r: redis.Redis, poll_ms: int = 1000) -> None:
         self.settings = settings
         self.store = RunStore(r)
         self.queue = WorkQueue(
             r, claim_idle_ms=settings.claim_idle_ms, max_queued_prompts=settings.max_queued_prompts
         )
-        self.methods = methods
         self.adapters: AdapterStore = LocalAdapterStore(settings.adapter_root)
         self.lengths = PromptLengthChecker(settings.data_dir)
         self.poll_ms = poll_ms
@@ -110,10 +79,12 @@ class PolicyOptimizerServicer(pb_grpc.PolicyOptimizerServicer):
     def CreateRun(self, request: pb.CreateRunRequest, context: grpc.ServicerContext) -> pb.Run:
         config = convert.run_config_from_request(request)
         validate_run_config(config)
-        spec = self.methods.resolve(config.method)
-        validate_teacher(config, frozenset(getattr(spec, "needs", ())), self._vocab_size)
-        config = convert.fold_teacher_coef(config)
-        self.methods.resolve(config.method)
+        spec = methods.resolve(config.method)  # once: the run keeps the resolved method, pinned
+        validate_teacher(config, spec.needs, self._vocab_size)
+        folded = convert.fold_teacher_coef(config)  # the coef also shows in the overrides as asked
+        if folded is not config:
+            spec = methods.with_teacher_coef(spec, config.teacher.coef)
+        config = replace(folded, resolved_method=methods.pin(spec))
         if config.reward_endpoint:
             self.store.get_endpoint(current_tenant(), config.reward_endpoint)
         self.lengths.model(config.base_model)  # the model must resolve and its tokenizer load
@@ -170,7 +141,7 @@ class PolicyOptimizerServicer(pb_grpc.PolicyOptimizerServicer):
             raise InvalidArgument(f"prompts {empty} have empty text; every prompt needs text")
         if run.config.reward_endpoint:
             self.store.get_endpoint(run.tenant, run.config.reward_endpoint)
-        elif getattr(self.methods.resolve(run.config.method), "uses_task_reward", True):
+        elif methods.of_run(run.config).uses_task_reward:
             raise FailedPrecondition(
                 f"run {run.run_id} has no reward endpoint, so prompts cannot be scored; "
                 "create the run with reward_endpoint, or send scored trajectories with SubmitTrajectories"
@@ -237,4 +208,4 @@ class PolicyOptimizerServicer(pb_grpc.PolicyOptimizerServicer):
     def ListMethods(
         self, request: pb.ListMethodsRequest, context: grpc.ServicerContext
     ) -> pb.ListMethodsResponse:
-        return convert.methods_to_proto(self.methods.catalog())
+        return convert.methods_to_proto(methods.catalog())

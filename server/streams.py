@@ -12,8 +12,8 @@ from pathlib import Path
 
 from policyopt.core.errors import FailedPrecondition, InvalidArgument
 from policyopt.core.types import AdapterManifest, RunEvent, RunStatus
-from policyopt.workers.redis_conn import text
-from policyopt.workers.store import PUBLISHED_STREAM, RunStore
+from policyopt.state.connection import text
+from policyopt.state.runs import PUBLISHED_STREAM, RunStore
 
 CHUNK_BYTES = 1 << 20
 IsActive = Callable[[], bool]

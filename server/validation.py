@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 import threading
 from collections.abc import Callable, Sequence
@@ -10,17 +9,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from policyopt.core.errors import InvalidArgument, NotFound
-from policyopt.core.types import MethodChoice, Run, RunConfig
+from policyopt.core.types import Run, RunConfig
+from policyopt.models import context_length, encode_user_prompt, resolve_base_model, vocab_size
 from policyopt.server.convert import GroupInput, TrajectoryInput, TurnInput, shared_prompt_length
-from policyopt.workers.models import context_length, encode_user_prompt, resolve_base_model
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
 ENGINES = ("transformers", "vllm")
-
-# Resolves a run's method choice; raises InvalidArgument naming what is wrong.
-MethodResolver = Callable[[MethodChoice], object]
 
 
 def validate_run_config(config: RunConfig) -> None:
@@ -84,8 +80,7 @@ class PromptLengthChecker:
 
     def vocab_size(self, model: str) -> int:
         """Rows of the model's embedding (``vocab_size`` in config.json)."""
-        config = json.loads((resolve_base_model(model, self._data_dir) / "config.json").read_text())
-        return int(config.get("vocab_size") or config.get("text_config", {}).get("vocab_size") or 0)
+        return vocab_size(resolve_base_model(model, self._data_dir))
 
     def check(self, config: RunConfig, prompts: Sequence[str]) -> None:
         tokenizer, context = self.model(config.base_model)

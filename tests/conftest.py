@@ -1,6 +1,9 @@
-"""Session fixtures shared by every test package: an embedded Valkey, a data dir, the tiny model, a server.
+"""Fixtures shared by every test package: one embedded Valkey, a data dir, the tiny model, a server.
 
-Keep these small and generic; package-specific fixtures go in that package's conftest.py.
+One Valkey serves the session. Database 0 holds the session server's state and is never flushed
+(``valkey_url``, ``redis_client``); tests that need an empty store get database 1, flushed before each
+test (``fresh_redis_url``, ``fresh_redis``). Keep these small and generic; package-specific fixtures go in
+that package's conftest.py, and plain helpers in ``tests/support``.
 """
 
 from __future__ import annotations
@@ -10,16 +13,48 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import redis
 
 from policyopt.core.settings import Settings
 from policyopt.core.valkey import EmbeddedValkey
 
 
 @pytest.fixture(scope="session")
-def valkey_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """URL of an embedded Valkey that lives for the whole session (no persistence)."""
-    with EmbeddedValkey(tmp_path_factory.mktemp("valkey"), appendonly=False) as valkey:
-        yield valkey.url
+def valkey(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedValkey]:
+    """The session's embedded Valkey (no persistence), stopped when the session ends."""
+    with EmbeddedValkey(tmp_path_factory.mktemp("valkey"), appendonly=False) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def valkey_url(valkey: EmbeddedValkey) -> str:
+    """Database 0 of the session's Valkey: the session server's state, shared, never flushed."""
+    return valkey.url
+
+
+@pytest.fixture
+def redis_client(valkey_url: str) -> Iterator[redis.Redis]:
+    """A client of database 0, to look at what the session server wrote."""
+    client = redis.Redis.from_url(valkey_url)
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def fresh_redis_url(valkey: EmbeddedValkey) -> str:
+    """Database 1 of the session's Valkey, emptied before the test: for workers driven directly."""
+    url = valkey.url.rsplit("/", 1)[0] + "/1"
+    with redis.Redis.from_url(url) as client:
+        client.flushdb()
+    return url
+
+
+@pytest.fixture
+def fresh_redis(fresh_redis_url: str) -> Iterator[redis.Redis]:
+    """A client of the emptied database 1."""
+    client = redis.Redis.from_url(fresh_redis_url)
+    yield client
+    client.close()
 
 
 @pytest.fixture(scope="session")
@@ -31,7 +66,7 @@ def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny random Llama (context 512) with a chat template, built once."""
-    from policyopt.workers.models import build_tiny_model
+    from policyopt.models import build_tiny_model
 
     return build_tiny_model(tmp_path_factory.mktemp("tiny") / "model")
 

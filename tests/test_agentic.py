@@ -7,9 +7,7 @@ transformers into OpenAI-compatible responses (token ids + log-probs), so the SD
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import random
-import sys
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -18,6 +16,7 @@ import pytest
 import redis
 import torch
 from peft import PeftModel
+from support.examples import load_example
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from policyopt.client import (
@@ -32,25 +31,11 @@ from policyopt.client import (
 from policyopt.client.agentic import ChatTemplateRenderer
 from policyopt.core.types import TrajectoryGroup as StoredGroup
 from policyopt.core.types import from_json
-from policyopt.workers.queue import groups_stream
-from policyopt.workers.store import RunStore
+from policyopt.state.queue import groups_stream
+from policyopt.state.runs import RunStore
 from policyopt.workers.train.worker import TrainerWorker
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def _load_example() -> Any:
-    spec = importlib.util.spec_from_file_location(
-        "calculator_agent", ROOT / "examples" / "calculator_agent.py"
-    )
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["calculator_agent"] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-agent = _load_example()
+agent = load_example("calculator_agent")
 
 
 class LocalSampler:

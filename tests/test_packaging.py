@@ -45,7 +45,7 @@ def test_every_source_folder_with_python_is_a_listed_package() -> None:
     config = tomllib.loads((ROOT / "pyproject.toml").read_text())
     mapped = {str((ROOT / d).resolve()) for d in config["tool"]["setuptools"]["package-dir"].values()}
     assert set(config["tool"]["setuptools"]["packages"]) == set(config["tool"]["setuptools"]["package-dir"])
-    for top in ("core", "server", "client", "workers", "cli", "proto/policyopt/v1"):
+    for top in ("core", "state", "models", "server", "client", "workers", "cli", "proto/policyopt/v1"):
         for init in (ROOT / top).rglob("*.py"):
             if "__pycache__" in init.parts:
                 continue

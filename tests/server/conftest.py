@@ -1,4 +1,4 @@
-"""Fixtures for the server tests: clients of both tenants, a Redis client, a reward endpoint."""
+"""Fixtures for the server tests: clients of both tenants and a reward endpoint."""
 
 from __future__ import annotations
 
@@ -6,7 +6,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import redis
 
 from policyopt.client import Client, RewardServer, RunHandle
 
@@ -21,13 +20,6 @@ def client_a(server) -> Iterator[Client]:
 def client_b(server) -> Iterator[Client]:
     with Client(server.address, api_key=server.keys["b"], timeout=60) as client:
         yield client
-
-
-@pytest.fixture
-def redis_client(valkey_url: str) -> Iterator[redis.Redis]:
-    client = redis.Redis.from_url(valkey_url)
-    yield client
-    client.close()
 
 
 @pytest.fixture(scope="session")

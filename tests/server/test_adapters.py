@@ -12,9 +12,9 @@ import redis
 
 from policyopt.client import AdapterIntegrityError, NotFound, RunHandle
 from policyopt.core.types import AdapterManifest
-from policyopt.workers.adapters import LocalAdapterStore
-from policyopt.workers.queue import WorkQueue
-from policyopt.workers.store import RunStore
+from policyopt.state import LocalAdapterStore
+from policyopt.state.queue import WorkQueue
+from policyopt.state.runs import RunStore
 
 WEIGHTS_BYTES = (2 << 20) + 12345  # more than two 1 MiB chunks
 

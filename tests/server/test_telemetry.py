@@ -10,7 +10,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 from policyopt.client import RunHandle
 from policyopt.core.types import PromptTask, from_json
-from policyopt.workers.queue import PROMPTS_STREAM
+from policyopt.state.queue import PROMPTS_STREAM
 
 
 def _install_memory_exporter() -> InMemorySpanExporter:

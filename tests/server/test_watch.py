@@ -7,7 +7,7 @@ import threading
 from policyopt.client import EventKind, RunHandle
 from policyopt.core.types import EventKind as CoreEventKind
 from policyopt.core.types import RunEvent
-from policyopt.workers.store import RunStore
+from policyopt.state.runs import RunStore
 
 
 def test_watch_yields_status_error_and_step_events_then_ends(run_a: RunHandle, redis_client) -> None:

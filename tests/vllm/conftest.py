@@ -12,9 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import redis
 
-from policyopt.core.valkey import EmbeddedValkey
 from policyopt.workers.engines.vllm_launch import VLLMServer, vllm_python
 
 MAX_LORAS = 4
@@ -31,21 +29,6 @@ def vllm_server(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) 
     server = VLLMServer(tiny_model_dir, served_name=SERVED_NAME, max_loras=MAX_LORAS, log_path=log_path)
     with server:
         yield server
-
-
-@pytest.fixture(scope="session")
-def vllm_valkey(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedValkey]:
-    """A Valkey of our own, so flushing it between tests disturbs no other package's fixtures."""
-    with EmbeddedValkey(tmp_path_factory.mktemp("vllm-valkey"), appendonly=False) as server:
-        yield server
-
-
-@pytest.fixture
-def redis_client(vllm_valkey: EmbeddedValkey) -> Iterator[redis.Redis]:
-    client = redis.Redis.from_url(vllm_valkey.url)
-    client.flushall()
-    yield client
-    client.close()
 
 
 @pytest.fixture

@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 import redis
-from vllm_support import Publisher, wait_until
+from support.vllm import Publisher, wait_until
 
 from policyopt.cli.main import main as cli_main
 from policyopt.workers.engines.vllm_launch import VLLMServer
-from policyopt.workers.serving_sync import ServingSync
+from policyopt.workers.serving import ServingSync
 
 pytestmark = pytest.mark.vllm
 
@@ -22,9 +22,9 @@ FOLLOW_TIMEOUT_S = 60.0
 
 @pytest.fixture
 def publisher(
-    redis_client: redis.Redis, adapter_root: Path, tiny_model_dir: Path, tmp_path: Path
+    fresh_redis: redis.Redis, adapter_root: Path, tiny_model_dir: Path, tmp_path: Path
 ) -> Publisher:
-    return Publisher(redis_client, adapter_root, tiny_model_dir, tmp_path / "staging")
+    return Publisher(fresh_redis, adapter_root, tiny_model_dir, tmp_path / "staging")
 
 
 def _managed(server: VLLMServer, run_id: str) -> set[str]:
@@ -44,10 +44,10 @@ def running(sync: ServingSync) -> Iterator[ServingSync]:
 
 @pytest.fixture
 def sync(
-    redis_client: redis.Redis, adapter_root: Path, vllm_server: VLLMServer, publisher: Publisher
+    fresh_redis: redis.Redis, adapter_root: Path, vllm_server: VLLMServer, publisher: Publisher
 ) -> Iterator[ServingSync]:
     made = ServingSync(
-        redis_client, adapter_root, [vllm_server.url], run_id=publisher.run_id, reconcile_interval_s=0.5
+        fresh_redis, adapter_root, [vllm_server.url], run_id=publisher.run_id, reconcile_interval_s=0.5
     )
     with running(made):
         yield made
@@ -70,10 +70,10 @@ def test_follows_three_consecutive_publishes_and_unloads_stale_versions(
 
 
 def test_pinned_versions_stay_loaded_beside_the_newest(
-    redis_client: redis.Redis, adapter_root: Path, vllm_server: VLLMServer, publisher: Publisher
+    fresh_redis: redis.Redis, adapter_root: Path, vllm_server: VLLMServer, publisher: Publisher
 ) -> None:
     sync = ServingSync(
-        redis_client,
+        fresh_redis,
         adapter_root,
         [vllm_server.url],
         run_id=publisher.run_id,
@@ -91,7 +91,7 @@ def test_pinned_versions_stay_loaded_beside_the_newest(
 def test_leaves_adapters_of_other_runs_alone(
     sync: ServingSync, publisher: Publisher, vllm_server: VLLMServer, tiny_model_dir: Path, tmp_path: Path
 ) -> None:
-    from vllm_support import write_lora
+    from support.vllm import write_lora
 
     foreign = write_lora(tiny_model_dir, tmp_path / "foreign", seed=5)
     vllm_server.client().load_lora("someone-else@v1", str(foreign))
@@ -102,13 +102,12 @@ def test_leaves_adapters_of_other_runs_alone(
 
 
 def test_cli_once_loads_the_newest_version(
-    redis_client: redis.Redis, adapter_root: Path, vllm_server: VLLMServer, publisher: Publisher,
+    fresh_redis_url: str, adapter_root: Path, vllm_server: VLLMServer, publisher: Publisher,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:  # fmt: skip
     publisher.publish(1)
     publisher.publish(2)
-    url = redis_client.connection_pool.connection_kwargs
-    monkeypatch.setenv("REDIS_URL", f"redis://{url['host']}:{url['port']}")
+    monkeypatch.setenv("REDIS_URL", fresh_redis_url)
     monkeypatch.setenv("POLICYOPT_ADAPTER_STORE", str(adapter_root))
     code = cli_main(["serving-sync", "--vllm", vllm_server.url, "--run", publisher.run_id, "--once"])
     assert code == 0

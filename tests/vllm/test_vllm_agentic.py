@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
 import random
-import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 import torch
+from support.examples import load_example
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from policyopt.client import TurnRole
@@ -21,19 +19,6 @@ from policyopt.workers.train.step_batch import collate_groups
 from policyopt.workers.train.teacher import EndpointTeacher, LocalTeacher
 
 pytestmark = pytest.mark.vllm
-
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def _example() -> Any:
-    spec = importlib.util.spec_from_file_location(
-        "calculator_agent", ROOT / "examples" / "calculator_agent.py"
-    )
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault("calculator_agent", module)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_vllm_renders_the_chat_template_like_the_tokenizer(
@@ -49,7 +34,7 @@ def test_vllm_renders_the_chat_template_like_the_tokenizer(
 def test_calculator_episode_from_vllm_responses_extends_its_context(
     vllm_server: VLLMServer, tiny_model_dir: Path
 ) -> None:
-    agent = _example()
+    agent = load_example("calculator_agent")
     renderer = ChatTemplateRenderer(vllm_tokenizer(vllm_server.url, "tiny"))
     sample = agent.vllm_sampler(vllm_server.url)
     trajectory = agent.run_episode(sample, renderer, "tiny", 0, agent.Problem(3, 4), max_turns=2)

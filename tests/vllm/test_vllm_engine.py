@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from vllm_support import LOGPROB_TOLERANCE, recompute_logprobs, write_lora
+from support.vllm import LOGPROB_TOLERANCE, recompute_logprobs, write_lora
 
 from policyopt.workers.engines import AdapterRef, SamplingParams, create_engine
 from policyopt.workers.engines.vllm_engine import VLLMEngine

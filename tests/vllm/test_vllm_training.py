@@ -7,25 +7,25 @@ processed log-probs) and publishes versions 1 and 2, which vLLM then serves by n
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
 import redis
 import torch
-from vllm_support import LOGPROB_TOLERANCE, recompute_logprobs, wait_until
+from support.vllm import LOGPROB_TOLERANCE, recompute_logprobs, wait_until
 
 from policyopt.client import RewardServer
 from policyopt.core.settings import Settings
-from policyopt.core.types import PromptTask, RunConfig, TrajectoryGroup
-from policyopt.core.valkey import EmbeddedValkey
-from policyopt.workers.adapters.store import LocalAdapterStore
+from policyopt.core.types import PromptTask, RewardEndpointInfo, RunConfig, TrajectoryGroup
+from policyopt.state.adapter_store import LocalAdapterStore
+from policyopt.state.queue import WorkQueue
+from policyopt.state.runs import RunStore
+from policyopt.workers.algorithms import DiagnosticWarning
 from policyopt.workers.engines import AdapterRef
 from policyopt.workers.engines.vllm_engine import VLLMEngine
 from policyopt.workers.engines.vllm_launch import VLLMServer
-from policyopt.workers.queue import WorkQueue
 from policyopt.workers.rollout.worker import RolloutWorker
-from policyopt.workers.store import RewardEndpointInfo, RunStore
 from policyopt.workers.train.session import Updater, build_updater
 from policyopt.workers.train.worker import TrainerWorker
 
@@ -45,6 +45,11 @@ class RecordingUpdater:
 
     def __init__(self, inner: Updater, steps: list[list[TrajectoryGroup]]) -> None:
         self.inner, self.steps = inner, steps
+        self.critic = inner.critic
+
+    @property
+    def last_warnings(self) -> Sequence[DiagnosticWarning]:
+        return self.inner.last_warnings
 
     def step(self, groups: list[TrajectoryGroup]) -> dict[str, float]:
         self.steps.append(list(groups))
@@ -59,17 +64,17 @@ class RecordingUpdater:
 
 @pytest.fixture
 def workers(
-    vllm_valkey: EmbeddedValkey, redis_client: redis.Redis, vllm_server: VLLMServer, tmp_path: Path,
+    fresh_redis_url: str, fresh_redis: redis.Redis, vllm_server: VLLMServer, tmp_path: Path,
 ) -> Iterator[tuple[Settings, list[list[TrajectoryGroup]]]]:  # fmt: skip
     settings = Settings(
-        redis_url=vllm_valkey.url, data_dir=str(tmp_path / "data"), device="cpu", torch_threads=1,
+        redis_url=fresh_redis_url, data_dir=str(tmp_path / "data"), device="cpu", torch_threads=1,
         vllm_urls=(vllm_server.url,),
     )  # fmt: skip
     steps: list[list[TrajectoryGroup]] = []
-    rollout = RolloutWorker(settings, redis_client=redis_client)
+    rollout = RolloutWorker(settings, redis_client=fresh_redis)
     trainer = TrainerWorker(
-        settings, redis_client=redis_client, block_ms=200,
-        updater_factory=lambda *args: RecordingUpdater(build_updater(*args), steps),  # type: ignore[arg-type]
+        settings, redis_client=fresh_redis, block_ms=200,
+        updater_factory=lambda *args, **kwargs: RecordingUpdater(build_updater(*args, **kwargs), steps),
     )  # fmt: skip
     stop = threading.Event()
     threads = [threading.Thread(target=w.run_forever, args=(stop,), daemon=True) for w in (rollout, trainer)]
@@ -83,11 +88,11 @@ def workers(
 
 
 def test_two_training_steps_with_vllm_rollouts(
-    workers: tuple[Settings, list[list[TrajectoryGroup]]], redis_client: redis.Redis, vllm_server: VLLMServer,
+    workers: tuple[Settings, list[list[TrajectoryGroup]]], fresh_redis: redis.Redis, vllm_server: VLLMServer,
     tiny_model_dir: Path,
 ) -> None:  # fmt: skip
     settings, steps = workers
-    runs, queue = RunStore(redis_client), WorkQueue(redis_client)
+    runs, queue = RunStore(fresh_redis), WorkQueue(fresh_redis)
     with RewardServer(digit_share) as reward:
         runs.register_endpoint("tenant", RewardEndpointInfo("digits", reward.address))
         config = RunConfig(

@@ -18,12 +18,85 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
 from policyopt.core.errors import InvalidArgument
 from policyopt.workers.algorithms.params import NoParams, Params
 
+if TYPE_CHECKING:
+    from torch import Tensor, nn
+
+    from policyopt.workers.algorithms.reward_side.common import AdvantageInputs, AdvantageResult
+    from policyopt.workers.algorithms.reward_side.shaping import ShapingContext
+    from policyopt.workers.algorithms.trajectory_side.aggregation import StepTotals
+
 F = TypeVar("F", bound=Callable[..., Any])
+P_contra = TypeVar("P_contra", bound=Params, contravariant=True)
+
+
+# -- what a choice's function looks like, per slot (``P_contra``: the choice's own params type) --------------
+class AdvantageEstimator(Protocol[P_contra]):
+    """Advantages (and returns) ``[B, T]`` from shaped token rewards: ``(inputs, params) -> AdvantageResult``."""
+
+    def __call__(self, inputs: AdvantageInputs, params: P_contra, /) -> AdvantageResult: ...
+
+
+class RewardShaper(Protocol[P_contra]):
+    """Token rewards ``[B, T]`` reshaped (penalties, KL in the reward), with ``reward/...`` metrics."""
+
+    def __call__(
+        self, token_rewards_B_T: Tensor, context: ShapingContext, params: P_contra, /
+    ) -> tuple[Tensor, dict[str, float]]: ...
+
+
+class GroupFilterFn(Protocol[P_contra]):
+    """Which of ``num_groups`` groups to keep (bool ``[num_groups]``), from raw scores ``[B]``."""
+
+    def __call__(
+        self, raw_scores_B: Tensor, group_index_B: Tensor, num_groups: int, params: P_contra, /
+    ) -> Tensor: ...
+
+
+class CriticBuilder(Protocol[P_contra]):
+    """A value head for a model of this hidden size, or None for no critic."""
+
+    def __call__(self, model_hidden_size: int, params: P_contra, /) -> nn.Module | None: ...
+
+
+class Objective(Protocol[P_contra]):
+    """Per-token surrogate loss ``[B, T]`` from new/old log-probs and advantages, with per-token metrics."""
+
+    def __call__(
+        self,
+        logp_B_T: Tensor,
+        old_logp_B_T: Tensor,
+        advantages_B_T: Tensor,
+        mask_B_T: Tensor,
+        params: P_contra,
+        /,
+    ) -> tuple[Tensor, dict[str, Tensor]]: ...
+
+
+class KLEstimator(Protocol):
+    """Per-token KL(pi_theta || pi_ref) estimate ``[B, T]`` from the two log-probs."""
+
+    def __call__(self, logp_B_T: Tensor, ref_logp_B_T: Tensor, /) -> Tensor: ...
+
+
+class Aggregation(Protocol[P_contra]):
+    """This micro-batch's share of the step's scalar loss, from per-token losses ``[B, T]``."""
+
+    def __call__(
+        self, loss_B_T: Tensor, mask_B_T: Tensor, totals: StepTotals, params: P_contra, /
+    ) -> Tensor: ...
+
+
+class MismatchCorrection(Protocol[P_contra]):
+    """Per-token weights ``[B, T]`` correcting sampler/trainer mismatch, with per-token metrics."""
+
+    def __call__(
+        self, old_logp_B_T: Tensor, sampler_logp_B_T: Tensor, mask_B_T: Tensor, params: P_contra, /
+    ) -> tuple[Tensor, dict[str, Tensor]]: ...
 
 
 @dataclass(frozen=True)
@@ -92,18 +165,18 @@ class Registry(Generic[F]):
 
 
 # Reward side: what multiplies grad log p.
-ADVANTAGE_ESTIMATORS: Registry[Callable[..., Any]] = Registry("reward_side", "estimator")
-REWARD_SHAPING: Registry[Callable[..., Any]] = Registry("reward_side", "shaping")
-GROUP_FILTERS: Registry[Callable[..., Any]] = Registry("reward_side", "group_filter")
-CRITICS: Registry[Callable[..., Any]] = Registry("reward_side", "critic")
+ADVANTAGE_ESTIMATORS: Registry[AdvantageEstimator[Any]] = Registry("reward_side", "estimator")
+REWARD_SHAPING: Registry[RewardShaper[Any]] = Registry("reward_side", "shaping")
+GROUP_FILTERS: Registry[GroupFilterFn[Any]] = Registry("reward_side", "group_filter")
+CRITICS: Registry[CriticBuilder[Any]] = Registry("reward_side", "critic")
 
 # Trajectory side: how log p_theta enters the loss and how the per-token loss is aggregated.
-OBJECTIVES: Registry[Callable[..., Any]] = Registry("trajectory_side", "objective")
-KL_ESTIMATORS: Registry[Callable[..., Any]] = Registry("trajectory_side", "kl")
-AGGREGATIONS: Registry[Callable[..., Any]] = Registry("trajectory_side", "aggregation")
-MISMATCH_CORRECTIONS: Registry[Callable[..., Any]] = Registry("trajectory_side", "mismatch_correction")
+OBJECTIVES: Registry[Objective[Any]] = Registry("trajectory_side", "objective")
+KL_ESTIMATORS: Registry[KLEstimator] = Registry("trajectory_side", "kl")
+AGGREGATIONS: Registry[Aggregation[Any]] = Registry("trajectory_side", "aggregation")
+MISMATCH_CORRECTIONS: Registry[MismatchCorrection[Any]] = Registry("trajectory_side", "mismatch_correction")
 
-ALL_REGISTRIES: tuple[Registry[Callable[..., Any]], ...] = (
+ALL_REGISTRIES: tuple[Registry[Any], ...] = (
     ADVANTAGE_ESTIMATORS,
     REWARD_SHAPING,
     GROUP_FILTERS,

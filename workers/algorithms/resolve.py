@@ -10,16 +10,22 @@ Override keys, per axis (values are JSON):
 - ``"entropy_coef": 0.001`` sets a plain field.
 
 Every problem raises ``InvalidArgument`` with a message that says what to fix.
+
+A resolved method is pinned into the run at CreateRun (``pin_method`` -> ``ResolvedMethod``, every field of
+both axes) and rebuilt from that alone (``method_from_pinned``), so later edits to presets never reach a
+run already created.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections.abc import Mapping
 from typing import Any, TypeVar, get_type_hints
 
 from policyopt.core.errors import InvalidArgument
-from policyopt.core.types import MethodChoice
+from policyopt.core.types import MethodChoice, ResolvedMethod, RunConfig
+from policyopt.workers.algorithms.catalog import side_to_overrides
 from policyopt.workers.algorithms.params import JSONValue, coerce_value, replace_params
 from policyopt.workers.algorithms.presets import PRESETS
 from policyopt.workers.algorithms.registry import ALL_REGISTRIES, Registry
@@ -49,6 +55,15 @@ def resolve_method(choice: MethodChoice) -> MethodSpec:
     )
     validate_spec(spec)
     return spec
+
+
+def override_method(spec: MethodSpec, reward_side: Mapping[str, JSONValue]) -> MethodSpec:
+    """``spec`` with reward-side overrides applied and validated again (presets are not consulted)."""
+    edited = dataclasses.replace(
+        spec, reward_side=apply_overrides(spec.reward_side, reward_side, "reward_side")
+    )
+    validate_spec(edited)
+    return edited
 
 
 def _build_choice(registry: Registry[Any], value: JSONValue, current: Choice | None, where: str) -> Choice:
@@ -179,3 +194,55 @@ def validate_spec(spec: MethodSpec) -> None:
     problems += _dependency_problems(spec)
     if problems:
         raise InvalidArgument(f"invalid method (preset {spec.name!r}): " + "; ".join(problems))
+
+
+def pin_method(spec: MethodSpec) -> ResolvedMethod:
+    """Every field of both axes of ``spec`` as JSON; ``method_from_pinned`` rebuilds ``spec`` from it."""
+
+    def as_json(side: RewardSide | TrajectorySide) -> dict[str, JSONValue]:
+        plain: dict[str, JSONValue] = json.loads(json.dumps(side_to_overrides(side)))
+        return plain
+
+    return ResolvedMethod(spec.name, as_json(spec.reward_side), as_json(spec.trajectory_side))
+
+
+def _side_from_pinned(side_type: type[Side], data: Mapping[str, JSONValue], axis: str) -> Side:
+    fields = {f.name: f for f in dataclasses.fields(side_type)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise InvalidArgument(f"the pinned method has an unknown field {axis}.{unknown[0]}")
+    hints = get_type_hints(side_type)
+    values: dict[str, Any] = {}
+    for name, f in fields.items():
+        where = f"{axis}.{name}"
+        if name not in data:
+            if f.default is dataclasses.MISSING:
+                raise InvalidArgument(f"the pinned method lacks {where}")
+            continue  # a field added after the run was pinned takes its default
+        registry, value = f.metadata.get("registry"), data[name]
+        if registry is None:
+            values[name] = coerce_value(value, hints[name], where)
+        elif f.metadata.get("many"):
+            members = value if isinstance(value, list) else [value]
+            values[name] = tuple(_build_choice(registry, member, None, where) for member in members)
+        else:
+            values[name] = _build_choice(registry, value, None, where)
+    return side_type(**values)
+
+
+def method_from_pinned(method: ResolvedMethod) -> MethodSpec:
+    """The method a run was pinned to, rebuilt from its JSON alone (presets are not consulted)."""
+    spec = MethodSpec(
+        name=method.preset,
+        reward_side=_side_from_pinned(RewardSide, method.reward_side, "reward_side"),
+        trajectory_side=_side_from_pinned(TrajectorySide, method.trajectory_side, "trajectory_side"),
+    )
+    validate_spec(spec)
+    return spec
+
+
+def run_method(config: RunConfig) -> MethodSpec:
+    """The method a run trains with: its pinned method (runs created before pinning: its choice, resolved)."""
+    if config.resolved_method is not None:
+        return method_from_pinned(config.resolved_method)
+    return resolve_method(config.method)

@@ -8,7 +8,7 @@ branch on names. Plain fields (``entropy_coef``, ``epochs``, ...) carry a doc in
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -44,14 +44,14 @@ class Choice:
         return f"{self.name}({values})" if values else self.name
 
 
-def slot(registry: Registry[Callable[..., Any]], default: Choice | None = None) -> Any:
+def slot(registry: Registry[Any], default: Choice | None = None) -> Any:
     """A field holding one Choice from ``registry``."""
     if default is None:
         return field(metadata={"registry": registry})
     return field(default=default, metadata={"registry": registry})
 
 
-def list_slot(registry: Registry[Callable[..., Any]]) -> Any:
+def list_slot(registry: Registry[Any]) -> Any:
     """A field holding a tuple of Choices from ``registry``, applied in order."""
     return field(default=(), metadata={"registry": registry, "many": True})
 

@@ -30,8 +30,9 @@ from transformers import (
 )
 
 from policyopt.core.errors import FailedPrecondition
+from policyopt.models import context_length, encode_user_prompt
 from policyopt.workers.engines.base import FINISH_LENGTH, FINISH_STOP, AdapterRef, Sample, SamplingParams
-from policyopt.workers.models import context_length, encode_user_prompt, load_model
+from policyopt.workers.placement import load_model, resolve_placement
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +91,7 @@ class TransformersEngine:
         max_loaded_adapters: int = 2,
     ) -> None:
         self.model_dir = Path(model_dir)
-        self._base, self.tokenizer = load_model(model_dir, device, dtype)
+        self._base, self.tokenizer = load_model(model_dir, resolve_placement(device, dtype))
         self._peft: PeftModel | None = None  # wraps the base (in place) once an adapter is loaded
         self._context_length = context_length(model_dir)
         self.max_batch_rows = max_batch_rows

@@ -24,10 +24,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from policyopt.core.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
+from policyopt.models import context_length, encode_user_prompt
 from policyopt.workers.engines.base import FINISH_LENGTH, FINISH_STOP, AdapterRef, Sample, SamplingParams
 from policyopt.workers.engines.vllm_http import JSONObject, VLLMClient
 from policyopt.workers.engines.vllm_lora import LoraSlots, parse_adapter_name
-from policyopt.workers.models import context_length, encode_user_prompt
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase

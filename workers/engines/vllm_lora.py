@@ -22,7 +22,7 @@ import threading
 from pathlib import Path
 
 from policyopt.core.errors import InvalidArgument
-from policyopt.workers.adapters.manifest import MANIFEST_FILE
+from policyopt.state.adapter_manifest import MANIFEST_FILE
 from policyopt.workers.engines.vllm_http import ALREADY_LOADED, VLLMClient
 
 log = logging.getLogger(__name__)

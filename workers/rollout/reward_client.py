@@ -17,9 +17,8 @@ from google.protobuf import struct_pb2
 
 from policyopt.core.errors import RewardEndpointError
 from policyopt.core.settings import Settings
-from policyopt.core.types import JSONValue
+from policyopt.core.types import JSONValue, RewardEndpointInfo
 from policyopt.v1 import reward_pb2, reward_pb2_grpc
-from policyopt.workers.store import RewardEndpointInfo
 
 log = logging.getLogger(__name__)
 

@@ -34,22 +34,28 @@ from policyopt.core.errors import (
 )
 from policyopt.core.settings import Settings
 from policyopt.core.telemetry import inject_context, span_from, tracer
-from policyopt.core.types import PromptTask, Run, RunConfig, RunStatus, Trajectory, TrajectoryGroup
-from policyopt.workers.adapters import AdapterStore, LocalAdapterStore
-from policyopt.workers.algorithms import resolve_method
+from policyopt.core.types import (
+    PromptTask,
+    RewardEndpointInfo,
+    Run,
+    RunConfig,
+    RunStatus,
+    Trajectory,
+    TrajectoryGroup,
+)
+from policyopt.models import resolve_base_model
+from policyopt.state import AdapterStore, LocalAdapterStore
+from policyopt.state.connection import connect
+from policyopt.state.queue import WorkQueue, consumer_name
+from policyopt.state.runs import RunStore
+from policyopt.workers.algorithms import MethodSpec, run_method
 from policyopt.workers.engines import AdapterRef, RolloutEngine, Sample, SamplingParams, create_engine
-from policyopt.workers.models import resolve_base_model, set_torch_threads
-from policyopt.workers.queue import WorkQueue, consumer_name
-from policyopt.workers.redis_conn import connect
+from policyopt.workers.placement import configure_threads
 from policyopt.workers.rollout.reward_client import RewardClient, ScoreInput
-from policyopt.workers.store import RewardEndpointInfo, RunStore
 
 log = logging.getLogger(__name__)
 
-
-def needs_greedy_baseline(config: RunConfig) -> bool:
-    """Whether the run's method (e.g. ReMax) wants a greedy rollout's reward as its baseline."""
-    return resolve_method(config.method).needs_greedy_baseline
+MAX_CACHED_METHODS = 1024
 
 
 class RolloutWorker:
@@ -77,7 +83,8 @@ class RolloutWorker:
         self.max_engines = max_engines
         self.batch_prompts = batch_prompts
         self._engines: OrderedDict[tuple[str, Path], RolloutEngine] = OrderedDict()
-        self.threads = set_torch_threads(settings.torch_threads)
+        self._methods: OrderedDict[str, MethodSpec] = OrderedDict()  # run -> its pinned method
+        self.threads = configure_threads(settings.torch_threads)
 
     # -- loop ------------------------------------------------------------------------------------------
     def run_forever(self, stop_event: threading.Event) -> None:
@@ -160,7 +167,7 @@ class RolloutWorker:
             params = _sampling_params(config, longest, engine.context_length)
             groups = engine.sample(prompt_ids_list, config.group_size, params, adapter)
             greedy: list[Sample | None] = [None] * len(ready)
-            if needs_greedy_baseline(config):
+            if self._method(run).needs_greedy_baseline:  # ReMax: a greedy rollout's reward as baseline
                 greedy = list(engine.greedy(prompt_ids_list, params.max_new_tokens, adapter))
             for k, i in enumerate(ready):
                 with trace.use_span(spans[i], end_on_exit=False):
@@ -234,11 +241,20 @@ class RolloutWorker:
         name = run.config.reward_endpoint
         if name:
             return self.store.get_endpoint(run.tenant, name)
-        if not resolve_method(run.config.method).uses_task_reward:
+        if not self._method(run).uses_task_reward:
             return None
         raise RewardEndpointError(
             f"run {run.run_id} has no reward endpoint; create runs with reward_endpoint=NAME"
         )
+
+    def _method(self, run: Run) -> MethodSpec:
+        """The run's pinned method, rebuilt once per run (it never changes) and kept for the latest runs."""
+        if run.run_id not in self._methods:
+            self._methods[run.run_id] = run_method(run.config)
+            while len(self._methods) > MAX_CACHED_METHODS:
+                self._methods.popitem(last=False)
+        self._methods.move_to_end(run.run_id)
+        return self._methods[run.run_id]
 
     def _engine(self, config: RunConfig) -> RolloutEngine:
         """The engine for the run's base model, loaded once; the least recently used beyond max_engines closes."""
@@ -332,4 +348,4 @@ def _trajectory(sample: Sample, reward: float, version: int) -> Trajectory:
     )
 
 
-__all__ = ["RolloutWorker", "needs_greedy_baseline"]
+__all__ = ["RolloutWorker"]

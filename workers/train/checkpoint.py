@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from policyopt.workers.adapters.manifest import fsync_path
+from policyopt.state.adapter_manifest import fsync_path
 
 STATE_FILE = "trainer_state.pt"
 _VERSION_DIR = re.compile(r"^v(\d{6,})$")

@@ -12,7 +12,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from policyopt.core.types import TrajectoryGroup
-from policyopt.workers.queue import WorkQueue
+from policyopt.state.queue import WorkQueue
+from policyopt.workers.algorithms import MethodSpec
 
 
 @dataclass
@@ -41,10 +42,23 @@ def group_key(group: TrajectoryGroup, message_id: str) -> str:
     return group.group_id or message_id
 
 
-def has_zero_variance(group: TrajectoryGroup) -> bool:
-    """All raw rewards of the group equal (within 1e-9): its group-relative advantages are all zero."""
-    rewards = [t.reward for t in group.trajectories]
-    return not rewards or max(rewards) - min(rewards) <= 1e-9 * max(1.0, max(abs(r) for r in rewards))
+KeepGroup = Callable[[TrajectoryGroup], bool]
+
+
+def group_filter_of(spec: MethodSpec, prompts_per_step: int) -> tuple[KeepGroup | None, int | None]:
+    """(keep predicate on raw scores, max groups examined per step), or (None, None) without a filter.
+
+    DAPO dynamic sampling: a dropped group is replaced by reading more, for up to
+    ``max_extra_rounds`` extra batches' worth of groups; then a short batch trains.
+    """
+    group_filter = spec.group_filter
+    if not group_filter.enabled:
+        return None, None
+
+    def keep(group: TrajectoryGroup) -> bool:
+        return group_filter.keep([t.reward for t in group.trajectories])
+
+    return keep, (1 + group_filter.max_extra_rounds) * prompts_per_step
 
 
 def collect_groups(
@@ -53,7 +67,7 @@ def collect_groups(
     consumer: str,
     target: int,
     *,
-    keep: Callable[[TrajectoryGroup], bool] | None = None,
+    keep: KeepGroup | None = None,
     max_examined: int | None = None,
     block_ms: int = 500,
     should_continue: Callable[[], bool] = lambda: True,
@@ -95,4 +109,4 @@ def collect_groups(
     return batch
 
 
-__all__ = ["CollectedGroups", "collect_groups", "group_key", "has_zero_variance"]
+__all__ = ["CollectedGroups", "KeepGroup", "collect_groups", "group_filter_of", "group_key"]

@@ -1,10 +1,8 @@
-"""The trained policy: a base model with a peft LoRA, on the device the settings pick."""
+"""The trained policy: a base model with a peft LoRA, placed by ``policyopt.workers.placement``."""
 
 from __future__ import annotations
 
 import logging
-import os
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -13,43 +11,12 @@ from safetensors.torch import load_file, save_file
 
 from policyopt.core.errors import InvalidArgument
 from policyopt.core.types import RunConfig
-from policyopt.workers.models import resolve_base_model
+from policyopt.models import resolve_base_model
+from policyopt.workers.placement import Placement
 
 log = logging.getLogger(__name__)
 
 CRITIC_FILE = "critic.safetensors"
-
-
-@dataclass(frozen=True)
-class Placement:
-    device: torch.device
-    dtype: torch.dtype
-
-
-def resolve_placement(device_setting: str) -> Placement:
-    """``auto``: CUDA with bf16 when a GPU is present, else CPU fp32; ``cpu``/``cuda``/``cuda:N`` force it."""
-    setting = device_setting.strip().lower() or "auto"
-    if setting == "auto":
-        setting = "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        device = torch.device(setting)
-    except RuntimeError as exc:
-        raise InvalidArgument(
-            f"POLICYOPT_DEVICE={device_setting!r} is not auto, cpu, cuda or cuda:N"
-        ) from exc
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise InvalidArgument(f"POLICYOPT_DEVICE={device_setting!r} but torch sees no CUDA device")
-        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return Placement(device, dtype)
-    return Placement(device, torch.float32)
-
-
-def configure_threads(torch_threads: int) -> int:
-    """Set torch's intra-op threads; 0 takes half the cores, since a rollout worker shares the machine."""
-    threads = torch_threads or max(1, (os.cpu_count() or 2) // 2)
-    torch.set_num_threads(threads)
-    return threads
 
 
 def load_policy(config: RunConfig, data_dir: str, placement: Placement) -> tuple[PeftModel, int]:
@@ -103,11 +70,8 @@ def save_critic(critic: object, directory: Path) -> None:
 
 __all__ = [
     "CRITIC_FILE",
-    "Placement",
-    "configure_threads",
     "load_adapter_weights",
     "load_policy",
-    "resolve_placement",
     "save_adapter",
     "save_critic",
 ]

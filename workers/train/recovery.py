@@ -13,9 +13,9 @@ import logging
 
 from policyopt.core.errors import FailedPrecondition
 from policyopt.core.types import Run, TrajectoryGroup
-from policyopt.workers.adapters.store import AdapterStore
-from policyopt.workers.queue import WorkQueue
-from policyopt.workers.store import RunStore
+from policyopt.state.adapter_store import AdapterStore
+from policyopt.state.queue import WorkQueue
+from policyopt.state.runs import RunStore
 from policyopt.workers.train.checkpoint import CheckpointStore
 from policyopt.workers.train.collect import group_key
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -11,7 +11,9 @@ import torch
 from peft import PeftModel
 
 from policyopt.core.types import Run, RunConfig, TrajectoryGroup
-from policyopt.workers.adapters.store import AdapterStore
+from policyopt.state.adapter_store import AdapterStore
+from policyopt.workers.algorithms import DiagnosticWarning, MethodSpec, run_method
+from policyopt.workers.placement import Placement
 from policyopt.workers.train import policy
 from policyopt.workers.train.checkpoint import CheckpointStore
 from policyopt.workers.train.teacher import TeacherScorer, load_teacher
@@ -22,35 +24,46 @@ log = logging.getLogger(__name__)
 class Updater(Protocol):
     """What the trainer needs of ``policyopt.workers.train.update.PolicyUpdater``."""
 
+    @property
+    def last_warnings(self) -> Sequence[DiagnosticWarning]:
+        """Compound-failure signatures seen in the last step."""
+        ...
+
+    @property
+    def critic(self) -> torch.nn.Module | None:
+        """The value head trained beside the policy (PPO), published with each version; None without one."""
+        ...
+
     def step(self, groups: list[TrajectoryGroup]) -> dict[str, float]: ...
     def state_dict(self) -> dict[str, object]: ...
     def load_state_dict(self, state: dict[str, object]) -> None: ...
 
 
-UpdaterFactory = Callable[..., Updater]
-"""(model, method spec, run config, pad token id, device) -> updater; also ``teacher=`` (a
-``TeacherScorer``) when the method needs a teacher."""
+class UpdaterFactory(Protocol):
+    """Builds a run's updater; ``teacher`` is given when the method needs one."""
 
-
-def resolve_spec(config: RunConfig) -> object:
-    from policyopt.workers.algorithms import resolve_method
-
-    return resolve_method(config.method)
+    def __call__(
+        self,
+        model: torch.nn.Module,
+        spec: MethodSpec,
+        config: RunConfig,
+        pad_token_id: int,
+        device: torch.device,
+        teacher: TeacherScorer | None = None,
+    ) -> Updater: ...
 
 
 def build_updater(
     model: torch.nn.Module,
-    spec: object,
+    spec: MethodSpec,
     config: RunConfig,
     pad_token_id: int,
     device: torch.device,
     teacher: TeacherScorer | None = None,
 ) -> Updater:
-    from policyopt.workers.algorithms import MethodSpec
+    """The real ``PolicyUpdater`` for the run's method and settings."""
     from policyopt.workers.train.update import PolicyUpdater
 
-    if not isinstance(spec, MethodSpec):
-        raise TypeError(f"PolicyUpdater needs a MethodSpec from resolve_method, got {type(spec).__name__}")
     return PolicyUpdater(
         model,
         spec,
@@ -71,7 +84,7 @@ class RunSession:
     run: Run
     model: PeftModel
     updater: Updater
-    spec: object
+    spec: MethodSpec
     version: int
 
 
@@ -80,24 +93,22 @@ def load_session(
     version: int,
     *,
     data_dir: str,
-    placement: policy.Placement,
+    placement: Placement,
     store: AdapterStore,
     checkpoints: CheckpointStore,
-    spec_resolver: Callable[[RunConfig], object] = resolve_spec,
     updater_factory: UpdaterFactory = build_updater,
 ) -> RunSession:
-    """The run's policy at ``version`` (0: a fresh LoRA), with the updater state saved for that version."""
+    """The run's policy at ``version`` (0: a fresh LoRA) and its pinned method, with the updater state saved
+    for that version."""
+    spec = run_method(run.config)
     model, pad_token_id = policy.load_policy(run.config, data_dir, placement)
-    spec = spec_resolver(run.config)
     if version:
         version_dir = store.open_version(run.run_id, version, verify=True)
         policy.load_adapter_weights(model, version_dir, placement.device)
-    extras: dict[str, object] = {}
-    if "teacher" in getattr(spec, "needs", ()):  # on-policy distillation: the teacher loads once per process
-        extras["teacher"] = load_teacher(
-            run.config.teacher, data_dir, placement.device, placement.dtype, pad_token_id
-        )
-    updater = updater_factory(model, spec, run.config, pad_token_id, placement.device, **extras)
+    teacher = None
+    if "teacher" in spec.needs:  # on-policy distillation: the teacher loads once per process
+        teacher = load_teacher(run.config.teacher, data_dir, placement, pad_token_id)
+    updater = updater_factory(model, spec, run.config, pad_token_id, placement.device, teacher=teacher)
     state = checkpoints.load(run.run_id, version) if version else None
     updater_state = state.get("updater") if state is not None else None
     if isinstance(updater_state, dict):
@@ -107,4 +118,4 @@ def load_session(
     return RunSession(run=run, model=model, updater=updater, spec=spec, version=version)
 
 
-__all__ = ["RunSession", "Updater", "UpdaterFactory", "build_updater", "load_session", "resolve_spec"]
+__all__ = ["RunSession", "Updater", "UpdaterFactory", "build_updater", "load_session"]

@@ -27,6 +27,8 @@ from torch import Tensor, nn
 
 from policyopt.core.errors import InvalidArgument
 from policyopt.core.types import TeacherConfig
+from policyopt.models import resolve_base_model
+from policyopt.workers.placement import Placement, load_causal_lm
 from policyopt.workers.train.policy_forward import PolicyForward
 from policyopt.workers.train.step_batch import StepBatch, build_micro_batch, plan_micro_batches
 
@@ -134,31 +136,27 @@ _LOCAL_TEACHERS: dict[tuple[str, str, str], nn.Module] = {}
 _LOCK = threading.Lock()
 
 
-def _local_model(model: str, data_dir: str, device: torch.device, dtype: torch.dtype) -> nn.Module:
+def _local_model(model: str, data_dir: str, placement: Placement) -> nn.Module:
     """The teacher model for ``model``, loaded once per process (eval mode, frozen)."""
-    from transformers import AutoModelForCausalLM
-
-    from policyopt.workers.models import resolve_base_model
-
     model_dir = resolve_base_model(model, data_dir)
-    key = (str(model_dir), str(device), str(dtype))
+    key = (str(model_dir), str(placement.device), str(placement.dtype))
     with _LOCK:
         if key not in _LOCAL_TEACHERS:
-            log.info("loading teacher %s on %s", model_dir, device)
-            loaded = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype).to(device)  # type: ignore[arg-type]
-            loaded.eval().requires_grad_(False)
+            log.info("loading teacher %s on %s", model_dir, placement.device)
+            loaded = load_causal_lm(model_dir, placement)
+            loaded.requires_grad_(False)
             _LOCAL_TEACHERS[key] = loaded
         return _LOCAL_TEACHERS[key]
 
 
 def load_teacher(
-    config: TeacherConfig, data_dir: str, device: torch.device, dtype: torch.dtype, pad_token_id: int
+    config: TeacherConfig, data_dir: str, placement: Placement, pad_token_id: int
 ) -> TeacherScorer:
     """The run's teacher: its endpoint when set, else its local model; InvalidArgument when it has neither."""
     if config.endpoint:
         return EndpointTeacher(config.endpoint, config.model)
     if config.model:
-        return LocalTeacher(_local_model(config.model, data_dir, device, dtype), pad_token_id, device)
+        return LocalTeacher(_local_model(config.model, data_dir, placement), pad_token_id, placement.device)
     raise InvalidArgument(
         "the run's method needs a teacher but the run names none; create it with teacher.model "
         "(a model path readable by the workers) or teacher.endpoint (a vLLM server)"

@@ -13,7 +13,6 @@ import logging
 import tempfile
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import redis
@@ -24,33 +23,21 @@ from policyopt.core.telemetry import span_from, tracer
 from policyopt.core.types import (
     AdapterManifest,
     EventKind,
-    RunConfig,
     RunEvent,
     RunStatus,
     TrajectoryGroup,
 )
-from policyopt.workers.adapters.store import AdapterStore, LocalAdapterStore
-from policyopt.workers.queue import WorkQueue, consumer_name
-from policyopt.workers.redis_conn import connect
-from policyopt.workers.store import RunStore
+from policyopt.state import AdapterStore, LocalAdapterStore, RunStore, WorkQueue, connect, consumer_name
+from policyopt.workers.algorithms import pin_method
+from policyopt.workers.placement import configure_threads, resolve_placement
 from policyopt.workers.train import policy
+from policyopt.workers.train.announcements import WarningAnnouncer
 from policyopt.workers.train.checkpoint import CheckpointStore
-from policyopt.workers.train.collect import CollectedGroups, collect_groups
+from policyopt.workers.train.collect import CollectedGroups, collect_groups, group_filter_of
+from policyopt.workers.train.fault_points import crash_for_test, pause_for_test
 from policyopt.workers.train.lease import LeaseKeeper
-from policyopt.workers.train.method_hooks import (
-    crash_for_test,
-    diagnostic_warnings,
-    group_filter_of,
-    pause_for_test,
-)
 from policyopt.workers.train.recovery import reconcile_run
-from policyopt.workers.train.session import (
-    RunSession,
-    UpdaterFactory,
-    build_updater,
-    load_session,
-    resolve_spec,
-)
+from policyopt.workers.train.session import RunSession, UpdaterFactory, build_updater, load_session
 
 log = logging.getLogger(__name__)
 
@@ -63,9 +50,6 @@ def is_stale(group: TrajectoryGroup, policy_version: int, max_staleness: int) ->
     """
     return bool(group.prompt) and policy_version - group.adapter_version > max_staleness
 
-
-WARNING_REPEAT_STEPS = 10
-"""A diagnostic warning seen again within this many steps is not announced again (it would flood WatchRun)."""
 
 MAX_UPDATE_FAILURES = 3
 """Consecutive failed updates of a run before it is marked FAILED (the same groups would fail again)."""
@@ -81,7 +65,6 @@ class TrainerWorker:
         redis_client: redis.Redis | None = None,
         store: AdapterStore | None = None,
         updater_factory: UpdaterFactory = build_updater,
-        spec_resolver: Callable[[RunConfig], object] = resolve_spec,
         lease_ttl_ms: int = 30000,
         block_ms: int = 500,
         max_runs: int = 4,
@@ -98,17 +81,16 @@ class TrainerWorker:
         Path(settings.data_dir).mkdir(parents=True, exist_ok=True)
         self.consumer = consumer_name("trainer")
         self.leases = LeaseKeeper(self.r, self.consumer, lease_ttl_ms)
-        self.placement = policy.resolve_placement(settings.device)
-        self.threads = policy.configure_threads(settings.torch_threads)
+        self.placement = resolve_placement(settings.device)
+        self.threads = configure_threads(settings.torch_threads)
         self.block_ms = block_ms
         self.max_runs = max_runs
         self.retry_backoff_s = retry_backoff_s
         self._updater_factory = updater_factory
-        self._spec_resolver = spec_resolver
         self._sessions: dict[str, RunSession] = {}
         self._update_failures: dict[str, int] = {}
         self._resampled: dict[str, int] = {}  # run -> stale groups sent back since its last step
-        self._warned: dict[str, dict[str, int]] = {}  # run -> warning name -> step last announced
+        self._announcer = WarningAnnouncer()
         self._stop = threading.Event()
         log.info(
             "trainer %s on %s (%s), %d torch threads",
@@ -230,7 +212,7 @@ class TrainerWorker:
             with tracer().start_as_current_span("publish", attributes={"run_id": run_id, "version": version}):
                 manifest = self._publish(session, version, batch, metrics)
                 crash_for_test("after_publish", version)
-                events = self._warning_events(session, version, metrics, batch)
+                events = self._warning_events(session, version, batch)
                 self.runs.commit_step(
                     self.queue,
                     manifest,
@@ -275,13 +257,14 @@ class TrainerWorker:
             version=version,
             step=version,
             base_model=config.base_model,
-            method=config.method.preset,
+            method=session.spec.name,
             metrics={k: float(v) for k, v in metrics.items()},
             group_ids=batch.group_ids,
+            resolved_method=config.resolved_method or pin_method(session.spec),
         )
         with tempfile.TemporaryDirectory(prefix="policyopt-adapter-", dir=self.settings.data_dir) as staging:
             policy.save_adapter(session.model, Path(staging))
-            policy.save_critic(getattr(session.updater, "critic", None), Path(staging))
+            policy.save_critic(session.updater.critic, Path(staging))
             return self.store.publish(session.run.run_id, version, Path(staging), manifest)
 
     def _resample_dropped(self, batch: CollectedGroups, max_rounds: int) -> None:
@@ -306,29 +289,16 @@ class TrainerWorker:
         )
         pipe.execute()
 
-    # -- method hooks --------------------------------------------------------------------------------
-    def _warning_events(
-        self, session: RunSession, version: int, metrics: dict[str, float], batch: CollectedGroups
-    ) -> list[RunEvent]:
-        # A signature that persists is announced once, then again every WARNING_REPEAT_STEPS steps.
-        last_seen = self._warned.setdefault(session.run.run_id, {})
-        messages = []
-        for warning in diagnostic_warnings(session.updater, session.spec, metrics):
-            if version - last_seen.get(warning.name, -WARNING_REPEAT_STEPS) >= WARNING_REPEAT_STEPS:
-                last_seen[warning.name] = version
-                messages.append(str(warning))
+    # -- warnings --------------------------------------------------------------------------------------
+    def _warning_events(self, session: RunSession, version: int, batch: CollectedGroups) -> list[RunEvent]:
+        extra = []
         if batch.exhausted:
-            messages.append(
+            extra.append(
                 f"dynamic sampling reached its limit after {batch.examined} groups; this step trained on "
                 f"{len(batch.groups)} of {session.run.config.prompts_per_step} groups; most groups have zero "
                 "reward variance (raise reward_side.group_filter.max_extra_rounds or vary prompt difficulty)"
             )
-        return [
-            RunEvent(
-                run_id=session.run.run_id, kind=EventKind.WARNING, message=m, step=version, version=version
-            )
-            for m in messages
-        ]
+        return self._announcer.events(session.run.run_id, version, session.updater.last_warnings, extra)
 
     # -- sessions ------------------------------------------------------------------------------------
     def _session(self, run_id: str) -> RunSession | None:
@@ -369,7 +339,6 @@ class TrainerWorker:
             placement=self.placement,
             store=self.store,
             checkpoints=self.checkpoints,
-            spec_resolver=self._spec_resolver,
             updater_factory=self._updater_factory,
         )
         self._sessions[run_id] = session
@@ -384,6 +353,7 @@ class TrainerWorker:
         for run_id in [r for r in self._sessions if r not in active]:
             log.info("run %s is no longer active; dropping it", run_id)
             self._close_session(run_id)
+            self._announcer.forget(run_id)
 
     def _complete(self, run_id: str) -> None:
         self.runs.set_status(run_id, RunStatus.COMPLETED)

@@ -142,7 +142,7 @@ class CreateRunRequest(_message.Message):
     def __init__(self, base_model: _Optional[str] = ..., method: _Optional[_Union[MethodSpec, _Mapping]] = ..., reward_endpoint: _Optional[str] = ..., group_size: _Optional[int] = ..., prompts_per_step: _Optional[int] = ..., max_new_tokens: _Optional[int] = ..., temperature: _Optional[float] = ..., top_p: _Optional[float] = ..., learning_rate: _Optional[float] = ..., lora: _Optional[_Union[LoraSpec, _Mapping]] = ..., max_steps: _Optional[int] = ..., max_staleness: _Optional[int] = ..., engine: _Optional[str] = ..., seed: _Optional[int] = ..., teacher: _Optional[_Union[TeacherSpec, _Mapping]] = ...) -> None: ...
 
 class Run(_message.Message):
-    __slots__ = ("run_id", "status", "base_model", "method", "reward_endpoint", "group_size", "prompts_per_step", "max_new_tokens", "temperature", "top_p", "learning_rate", "lora", "max_steps", "max_staleness", "engine", "seed", "teacher", "version", "step", "prompts_submitted", "groups_trained", "created_at", "error")
+    __slots__ = ("run_id", "status", "base_model", "method", "reward_endpoint", "group_size", "prompts_per_step", "max_new_tokens", "temperature", "top_p", "learning_rate", "lora", "max_steps", "max_staleness", "engine", "seed", "teacher", "version", "step", "prompts_submitted", "groups_trained", "created_at", "error", "resolved_method")
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
     BASE_MODEL_FIELD_NUMBER: _ClassVar[int]
@@ -166,6 +166,7 @@ class Run(_message.Message):
     GROUPS_TRAINED_FIELD_NUMBER: _ClassVar[int]
     CREATED_AT_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
+    RESOLVED_METHOD_FIELD_NUMBER: _ClassVar[int]
     run_id: str
     status: RunStatus
     base_model: str
@@ -189,7 +190,8 @@ class Run(_message.Message):
     groups_trained: int
     created_at: float
     error: str
-    def __init__(self, run_id: _Optional[str] = ..., status: _Optional[_Union[RunStatus, str]] = ..., base_model: _Optional[str] = ..., method: _Optional[_Union[MethodSpec, _Mapping]] = ..., reward_endpoint: _Optional[str] = ..., group_size: _Optional[int] = ..., prompts_per_step: _Optional[int] = ..., max_new_tokens: _Optional[int] = ..., temperature: _Optional[float] = ..., top_p: _Optional[float] = ..., learning_rate: _Optional[float] = ..., lora: _Optional[_Union[LoraSpec, _Mapping]] = ..., max_steps: _Optional[int] = ..., max_staleness: _Optional[int] = ..., engine: _Optional[str] = ..., seed: _Optional[int] = ..., teacher: _Optional[_Union[TeacherSpec, _Mapping]] = ..., version: _Optional[int] = ..., step: _Optional[int] = ..., prompts_submitted: _Optional[int] = ..., groups_trained: _Optional[int] = ..., created_at: _Optional[float] = ..., error: _Optional[str] = ...) -> None: ...
+    resolved_method: MethodSpec
+    def __init__(self, run_id: _Optional[str] = ..., status: _Optional[_Union[RunStatus, str]] = ..., base_model: _Optional[str] = ..., method: _Optional[_Union[MethodSpec, _Mapping]] = ..., reward_endpoint: _Optional[str] = ..., group_size: _Optional[int] = ..., prompts_per_step: _Optional[int] = ..., max_new_tokens: _Optional[int] = ..., temperature: _Optional[float] = ..., top_p: _Optional[float] = ..., learning_rate: _Optional[float] = ..., lora: _Optional[_Union[LoraSpec, _Mapping]] = ..., max_steps: _Optional[int] = ..., max_staleness: _Optional[int] = ..., engine: _Optional[str] = ..., seed: _Optional[int] = ..., teacher: _Optional[_Union[TeacherSpec, _Mapping]] = ..., version: _Optional[int] = ..., step: _Optional[int] = ..., prompts_submitted: _Optional[int] = ..., groups_trained: _Optional[int] = ..., created_at: _Optional[float] = ..., error: _Optional[str] = ..., resolved_method: _Optional[_Union[MethodSpec, _Mapping]] = ...) -> None: ...
 
 class GetRunRequest(_message.Message):
     __slots__ = ("run_id",)
@@ -317,7 +319,7 @@ class SubmitTrajectoriesResponse(_message.Message):
     def __init__(self, group_ids: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class AdapterVersion(_message.Message):
-    __slots__ = ("run_id", "version", "step", "base_model", "method", "metrics", "files", "created_at")
+    __slots__ = ("run_id", "version", "step", "base_model", "method", "metrics", "files", "created_at", "resolved_method")
     class MetricsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -340,6 +342,7 @@ class AdapterVersion(_message.Message):
     METRICS_FIELD_NUMBER: _ClassVar[int]
     FILES_FIELD_NUMBER: _ClassVar[int]
     CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    RESOLVED_METHOD_FIELD_NUMBER: _ClassVar[int]
     run_id: str
     version: int
     step: int
@@ -348,7 +351,8 @@ class AdapterVersion(_message.Message):
     metrics: _containers.ScalarMap[str, float]
     files: _containers.ScalarMap[str, str]
     created_at: float
-    def __init__(self, run_id: _Optional[str] = ..., version: _Optional[int] = ..., step: _Optional[int] = ..., base_model: _Optional[str] = ..., method: _Optional[str] = ..., metrics: _Optional[_Mapping[str, float]] = ..., files: _Optional[_Mapping[str, str]] = ..., created_at: _Optional[float] = ...) -> None: ...
+    resolved_method: MethodSpec
+    def __init__(self, run_id: _Optional[str] = ..., version: _Optional[int] = ..., step: _Optional[int] = ..., base_model: _Optional[str] = ..., method: _Optional[str] = ..., metrics: _Optional[_Mapping[str, float]] = ..., files: _Optional[_Mapping[str, str]] = ..., created_at: _Optional[float] = ..., resolved_method: _Optional[_Union[MethodSpec, _Mapping]] = ...) -> None: ...
 
 class ListAdaptersRequest(_message.Message):
     __slots__ = ("run_id",)

