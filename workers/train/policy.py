@@ -61,9 +61,9 @@ def save_adapter(model: PeftModel, directory: Path) -> None:
     (directory / "README.md").unlink(missing_ok=True)  # peft's model-card stub: not part of a version
 
 
-def save_critic(critic: object, directory: Path) -> None:
+def save_critic(critic: torch.nn.Module | None, directory: Path) -> None:
     """Publish a critic (PPO's value head) beside the policy as ``critic.safetensors``, if there is one."""
-    if isinstance(critic, torch.nn.Module):
+    if critic is not None:
         tensors = {k: v.detach().cpu().contiguous() for k, v in critic.state_dict().items()}
         save_file(tensors, str(directory / CRITIC_FILE))
 
