@@ -158,6 +158,7 @@ def _build() -> dict[str, Preset]:
             dataclasses.replace(clip, objective=_choice(OBJECTIVES, "cispo"), aggregation=token_mean),
         ),
         *_agentic_and_distillation_presets(clip, token_mean),
+        *_asynchronous_presets(grpo_reward, clip, token_mean),
     ]
     return {p.name: p for p in presets}
 
@@ -198,6 +199,27 @@ def _agentic_and_distillation_presets(clip: TrajectorySide, token_mean: Choice) 
                 estimator=_choice(ADVANTAGE_ESTIMATORS, "on_policy_distillation", coef=1.0, task_coef=0.0)
             ),
             agentic_trajectory,
+        ),
+    ]
+
+
+def _asynchronous_presets(grpo_reward: RewardSide, clip: TrajectorySide, token_mean: Choice) -> list[Preset]:
+    """Issue 13: training on samples from a sampler up to ``max_staleness`` versions behind the trainer."""
+    return [
+        _preset(
+            "decoupled_ppo",
+            "AReaL's decoupled PPO for stale samples. GRPO's reward side. Trajectory: the trust region and the "
+            "off-policy correction come apart. PPO clips pi_theta/pi_prox, pi_prox being the trainer's weights "
+            "before the update, so the step size does not grow with staleness; each token is weighted by the "
+            "detached pi_prox/pi_behav from the stored sampler log-probs and dropped above 5 "
+            "(token_masked_is), which corrects samples up to max_staleness versions old that plain PPO clip "
+            "trains on as if they were on-policy. Token mean.",
+            grpo_reward,
+            dataclasses.replace(
+                clip,
+                aggregation=token_mean,
+                mismatch_correction=_choice(MISMATCH_CORRECTIONS, "token_masked_is", low=0.0, high=5.0),
+            ),
         ),
     ]
 

@@ -77,10 +77,10 @@ class Objective(Protocol[P_contra]):
     ) -> tuple[Tensor, dict[str, Tensor]]: ...
 
 
-class KLEstimator(Protocol):
+class KLEstimator(Protocol[P_contra]):
     """Per-token KL(pi_theta || pi_ref) estimate ``[B, T]`` from the two log-probs."""
 
-    def __call__(self, logp_B_T: Tensor, ref_logp_B_T: Tensor, /) -> Tensor: ...
+    def __call__(self, logp_B_T: Tensor, ref_logp_B_T: Tensor, params: P_contra, /) -> Tensor: ...
 
 
 class Aggregation(Protocol[P_contra]):
@@ -172,7 +172,7 @@ CRITICS: Registry[CriticBuilder[Any]] = Registry("reward_side", "critic")
 
 # Trajectory side: how log p_theta enters the loss and how the per-token loss is aggregated.
 OBJECTIVES: Registry[Objective[Any]] = Registry("trajectory_side", "objective")
-KL_ESTIMATORS: Registry[KLEstimator] = Registry("trajectory_side", "kl")
+KL_ESTIMATORS: Registry[KLEstimator[Any]] = Registry("trajectory_side", "kl")
 AGGREGATIONS: Registry[Aggregation[Any]] = Registry("trajectory_side", "aggregation")
 MISMATCH_CORRECTIONS: Registry[MismatchCorrection[Any]] = Registry("trajectory_side", "mismatch_correction")
 

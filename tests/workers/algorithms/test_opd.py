@@ -9,6 +9,7 @@ import pytest
 import torch
 from peft import PeftModel
 from support.algorithms import build_lora_model, make_groups
+from support.learning import build_teacher as build_biased_teacher
 from torch import Tensor, nn
 
 from policyopt.core.errors import InvalidArgument
@@ -153,16 +154,7 @@ def build_student(seed: int) -> PeftModel:
 
 def build_teacher(student: PeftModel) -> nn.Module:
     """The student's base model with an LM-head bias of +3 on TEACHER_TOKENS (about 75% of its mass)."""
-    teacher = copy.deepcopy(student.get_base_model()).eval()
-    old = teacher.get_output_embeddings()
-    head = nn.Linear(old.in_features, old.out_features, bias=True)
-    head.weight = nn.Parameter(old.weight.detach().clone())
-    with torch.no_grad():
-        head.bias.zero_()
-        head.bias[TEACHER_TOKENS] = 3.0
-    teacher.set_output_embeddings(head)
-    teacher.config.tie_word_embeddings = False
-    return teacher.requires_grad_(False)
+    return build_biased_teacher(student, torch.tensor(TEACHER_TOKENS))
 
 
 def sample_groups(

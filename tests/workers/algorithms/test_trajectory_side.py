@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 
+from policyopt.workers.algorithms import PRESETS
 from policyopt.workers.algorithms.registry import (
     AGGREGATIONS,
     KL_ESTIMATORS,
@@ -81,9 +82,10 @@ def test_vanilla_pg_is_minus_advantage_times_logp() -> None:
 
 def test_kl_estimators_match_formulas() -> None:
     logp, ref = torch.tensor([-1.0]), torch.tensor([-2.0])  # d = ref - logp = -1
-    assert float(KL_ESTIMATORS.get("k1").fn(logp, ref)) == pytest.approx(1.0)
-    assert float(KL_ESTIMATORS.get("k2").fn(logp, ref)) == pytest.approx(0.5)
-    assert float(KL_ESTIMATORS.get("k3").fn(logp, ref)) == pytest.approx(math.exp(-1.0))
+    expected = {"k1": 1.0, "k2": 0.5, "k3": math.exp(-1.0), "abs": 1.0}
+    for name, value in expected.items():
+        entry = KL_ESTIMATORS.get(name)
+        assert float(entry.fn(logp, ref, entry.params_type())) == pytest.approx(value)
 
 
 def test_aggregations_match_hand_computed_values() -> None:
@@ -142,6 +144,39 @@ def test_mismatch_corrections_match_hand_computed_weights() -> None:
     )
     torch.testing.assert_close(mismatch("sequence_mask", MaskingParams(low=0.5, high=2.0)), torch.ones(1, 2))
     torch.testing.assert_close(mismatch("sequence_mask", MaskingParams(low=0.5, high=1.1)), torch.zeros(1, 2))
+
+
+def test_token_masked_is_keeps_rho_inside_the_bounds_and_drops_it_outside() -> None:
+    # rho = 3, 0.5: kept as weights (not truncated) inside [low, high], 0 outside.
+    torch.testing.assert_close(
+        mismatch("token_masked_is", MaskingParams(low=0.0, high=5.0)), torch.tensor([[3.0, 0.5]])
+    )
+    torch.testing.assert_close(
+        mismatch("token_masked_is", MaskingParams(low=0.0, high=2.0)), torch.tensor([[0.0, 0.5]])
+    )
+    torch.testing.assert_close(
+        mismatch("token_masked_is", MaskingParams(low=0.6, high=5.0)), torch.tensor([[3.0, 0.0]])
+    )
+
+
+def test_decoupled_ppo_clips_against_the_proximal_policy_and_weights_by_the_behaviour_ratio() -> None:
+    side = PRESETS["decoupled_ppo"].spec.trajectory_side
+    # pi_theta/pi_prox = 1.5, 0.9, 1.1; pi_prox/pi_behav = 2, 6 (above the cap 5: dropped), 0.5.
+    logp = torch.log(torch.tensor([[1.5, 0.9, 1.1]])).requires_grad_()
+    inputs = TokenLossInputs(
+        logp_B_T=logp,
+        old_logp_B_T=torch.zeros(1, 3),
+        advantages_B_T=torch.tensor([[1.0, 1.0, -2.0]]),
+        mask_B_T=torch.ones(1, 3),
+        sampler_logp_B_T=torch.log(torch.tensor([[0.5, 1 / 6, 2.0]])),
+    )
+    loss, metrics = compute_token_loss(side, inputs)
+    # token 0: -A r clipped at 1.2 -> -1.2, times 2; token 1: dropped; token 2: -A r = 2.2, times 0.5.
+    torch.testing.assert_close(loss.detach(), torch.tensor([[-2.4, 0.0, 1.1]]))
+    (grad,) = torch.autograd.grad(loss.sum(), logp)
+    torch.testing.assert_close(grad, torch.tensor([[0.0, 0.0, 1.1]]))  # -A r w where unclipped and kept
+    assert metrics["trajectory/mismatch_masked_fraction"].tolist() == [[0.0, 1.0, 0.0]]
+    torch.testing.assert_close(metrics["trajectory/mismatch_weight_mean"], torch.tensor([[2.0, 0.0, 0.5]]))
 
 
 def test_token_loss_composes_objective_mismatch_kl_and_entropy() -> None:

@@ -84,7 +84,7 @@ def gradients(model: PeftModel, preset: str, micro_batch_size: int) -> list[torc
     return [p.grad.clone() for p in updater.policy_parameters if p.grad is not None]
 
 
-@pytest.mark.parametrize("preset", ["grpo", "dapo", "rloo", "dr_grpo", "cispo", "gspo"])
+@pytest.mark.parametrize("preset", ["grpo", "dapo", "rloo", "dr_grpo", "cispo", "gspo", "decoupled_ppo"])
 def test_gradient_is_the_same_for_any_micro_batch_size(lora_model: PeftModel, preset: str) -> None:
     whole = gradients(lora_model, preset, micro_batch_size=12)
     for size in (1, 5):

@@ -3,7 +3,15 @@
 Importing this package registers every estimator, shaping term, group filter and critic.
 """
 
-from policyopt.workers.algorithms.reward_side import distillation, estimators, filtering, gae, shaping, turns
+from policyopt.workers.algorithms.reward_side import (
+    distillation,
+    estimators,
+    filtering,
+    gae,
+    group_estimators,
+    shaping,
+    turns,
+)
 from policyopt.workers.algorithms.reward_side.common import AdvantageInputs, AdvantageResult
 from policyopt.workers.algorithms.reward_side.gae import ValueHead, compute_value_loss
 from policyopt.workers.algorithms.reward_side.shaping import ShapingContext
@@ -18,6 +26,7 @@ __all__ = [
     "estimators",
     "filtering",
     "gae",
+    "group_estimators",
     "shaping",
     "turns",
 ]

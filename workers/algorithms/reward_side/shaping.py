@@ -6,13 +6,14 @@ and metrics. Group filtering always looks at the raw score, never at the shaped 
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Literal
 
 import torch
 from torch import Tensor
 
-from policyopt.workers.algorithms.params import Params, param
+from policyopt.workers.algorithms.params import Params, param, replace_params
 from policyopt.workers.algorithms.registry import KL_ESTIMATORS, REWARD_SHAPING
 from policyopt.workers.algorithms.reward_side.common import Metrics, masked_mean
 
@@ -99,8 +100,11 @@ class KLPenaltyParams(Params):
     coef: float = param(
         0.01, "beta: reward lost per nat of KL to the reference; raise it if the policy drifts."
     )
-    estimator: Literal["k1", "k2", "k3"] = param(
-        "k1", "k1 is the unbiased log-ratio (standard in the reward); k2/k3 are always >= 0."
+    estimator: Literal["k1", "k2", "k3", "abs"] = param(
+        "k1", "k1 is the unbiased log-ratio (standard in the reward); k2/k3/abs are always >= 0."
+    )
+    clamp: Literal["log_ratio", "value"] = param(
+        "log_ratio", "k3 only, as trajectory_side.kl.clamp: 'value' bounds k3 to [-10, 10] as verl does."
     )
 
     def validate(self) -> list[str]:
@@ -116,10 +120,16 @@ class KLPenaltyParams(Params):
 def shape_kl_penalty(
     token_rewards_B_T: Tensor, context: ShapingContext, params: KLPenaltyParams
 ) -> tuple[Tensor, Metrics]:
-    """r_t -= beta * KL_t(pi_old || pi_ref) on trained tokens. Ouyang et al. 2022; Hu 2025."""
+    """r_t -= beta * KL_t(pi_old || pi_ref) on trained tokens. Ouyang et al. 2022; Hu 2025.
+
+    The estimator runs with its default params, plus ``clamp`` where it has one (k3).
+    """
     if context.logp_B_T is None or context.ref_logp_B_T is None:
         raise ValueError("kl_penalty needs the trainer's and the reference's log-probs")
-    kl_fn = KL_ESTIMATORS.get(params.estimator).fn
-    kl_B_T = kl_fn(context.logp_B_T, context.ref_logp_B_T) * context.mask_B_T
+    kl = KL_ESTIMATORS.get(params.estimator)
+    kl_params = kl.params_type()
+    if "clamp" in {f.name for f in dataclasses.fields(kl_params)}:
+        kl_params = replace_params(kl_params, {"clamp": params.clamp}, "reward_side.shaping.kl_penalty")
+    kl_B_T = kl.fn(context.logp_B_T, context.ref_logp_B_T, kl_params) * context.mask_B_T
     metrics = {"reward/kl_penalty_kl_mean": float(masked_mean(kl_B_T, context.mask_B_T))}
     return token_rewards_B_T - params.coef * kl_B_T, metrics

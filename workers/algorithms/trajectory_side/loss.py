@@ -14,9 +14,10 @@ from policyopt.workers.algorithms.registry import (
 )
 from policyopt.workers.algorithms.spec import TrajectorySide
 from policyopt.workers.algorithms.trajectory_side.aggregation import StepTotals
-from policyopt.workers.algorithms.trajectory_side.kl import estimate_kl_k3
+from policyopt.workers.algorithms.trajectory_side.kl import K3Params, estimate_kl_k3
 
 TokenMetrics = dict[str, Tensor]
+_METRIC_K3 = K3Params()  # drift metrics use one fixed estimator so they compare across runs and methods
 
 
 @dataclass
@@ -57,12 +58,14 @@ def compute_token_loss(side: TrajectorySide, inputs: TokenLossInputs) -> tuple[T
     )
     loss_B_T = loss_B_T * weights_B_T
     metrics |= correction_metrics
-    metrics["trajectory/kl_old"] = estimate_kl_k3(inputs.logp_B_T.detach(), inputs.old_logp_B_T)
-    metrics["trajectory/mismatch_kl"] = estimate_kl_k3(inputs.old_logp_B_T, inputs.sampler_logp_B_T)
+    metrics["trajectory/kl_old"] = estimate_kl_k3(inputs.logp_B_T.detach(), inputs.old_logp_B_T, _METRIC_K3)
+    metrics["trajectory/mismatch_kl"] = estimate_kl_k3(
+        inputs.old_logp_B_T, inputs.sampler_logp_B_T, _METRIC_K3
+    )
     metrics["trajectory/mismatch_abs_logprob_diff"] = (inputs.old_logp_B_T - inputs.sampler_logp_B_T).abs()
     metrics["trajectory/mismatch_weight_mean"] = weights_B_T
     if inputs.ref_logp_B_T is not None:
-        kl_B_T = KL_ESTIMATORS.get(side.kl.name).fn(inputs.logp_B_T, inputs.ref_logp_B_T)
+        kl_B_T = KL_ESTIMATORS.get(side.kl.name).fn(inputs.logp_B_T, inputs.ref_logp_B_T, side.kl.params)
         coef = getattr(side.kl.params, "coef", 0.0)
         if coef > 0:
             loss_B_T = loss_B_T + coef * kl_B_T

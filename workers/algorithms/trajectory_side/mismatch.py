@@ -2,9 +2,11 @@
 
 The sampler (vLLM, another precision, a stale adapter) and the trainer disagree on log-probs. With
 rho = pi_trainer_old(y) / pi_sampler(y) from the stored sampler log-probs, truncated importance sampling
-reweights by min(rho, cap) and masking drops tokens (or sequences) whose rho leaves [low, high].
+reweights by min(rho, cap) and masking drops tokens (or sequences) whose rho leaves [low, high]; masked IS
+does both: weight rho where it stays in [low, high], 0 elsewhere.
 Yao et al. 2025, "Your efficient RL framework secretly brings you off-policy RL training" (TIS);
-Liu et al. 2025, "When speed kills stability" (sequence-level masking).
+Liu et al. 2025, "When speed kills stability" (sequence-level masking);
+Fu et al. 2025, AReaL, arXiv:2505.24298 (decoupled PPO: masked IS from the proximal to the behaviour policy).
 """
 
 from __future__ import annotations
@@ -79,6 +81,22 @@ def correct_token_mask(
     rho_B_T = torch.exp(_log_ratio(old_logp_B_T, sampler_logp_B_T, mask_B_T).clamp(max=_MAX_LOG_RATIO))
     weights_B_T = ((rho_B_T >= params.low) & (rho_B_T <= params.high)).float()
     return weights_B_T, {"trajectory/mismatch_masked_fraction": 1.0 - weights_B_T}
+
+
+@MISMATCH_CORRECTIONS.register(
+    "token_masked_is",
+    params=MaskingParams,
+    rationale="Per-token IS weight rho_t, dropped where it leaves [low, high]: AReaL's decoupled PPO.",
+)
+def correct_token_masked_is(
+    old_logp_B_T: Tensor, sampler_logp_B_T: Tensor, mask_B_T: Tensor, params: MaskingParams
+) -> tuple[Tensor, TokenMetrics]:
+    """w_t = rho_t 1[low <= rho_t <= high]: unbiased where kept, and a very stale token is dropped rather than
+    truncated. Fu et al. 2025 (AReaL), arXiv:2505.24298."""
+    rho_B_T = torch.exp(_log_ratio(old_logp_B_T, sampler_logp_B_T, mask_B_T).clamp(max=_MAX_LOG_RATIO))
+    keep_B_T = (rho_B_T >= params.low) & (rho_B_T <= params.high)
+    weights_B_T = torch.where(keep_B_T, rho_B_T, torch.zeros_like(rho_B_T))
+    return weights_B_T, {"trajectory/mismatch_masked_fraction": (~keep_B_T).float()}
 
 
 @MISMATCH_CORRECTIONS.register(

@@ -51,7 +51,9 @@ class PPOClipParams(Params):
         "Upper clip 1 + eps_high; DAPO's clip-higher (0.28) lets rare tokens rise, avoiding entropy collapse.",
     )
     dual_clip: float = param(
-        0.0, "Dual-clip c > 1 bounds the loss at -c A for negative A (Ye et al. 2020); 0 turns it off."
+        0.0,
+        "Dual-clip c > 1 bounds the loss at -c A for negative A (Ye et al. 2020); 0, policyopt's default, "
+        "turns it off. verl always dual-clips with c = 3 (clip_ratio_c): set 3 for verl's behaviour.",
     )
 
     def validate(self) -> list[str]:
