@@ -164,7 +164,7 @@ def _build() -> dict[str, Preset]:
 
 
 def _agentic_and_distillation_presets(clip: TrajectorySide, token_mean: Choice) -> list[Preset]:
-    """Issue 5: client-driven multi-turn trajectories (SubmitTrajectories) and on-policy distillation."""
+    """Presets for client-driven multi-turn trajectories (SubmitTrajectories) and on-policy distillation."""
     agentic_trajectory = dataclasses.replace(
         clip,
         aggregation=token_mean,
@@ -204,7 +204,7 @@ def _agentic_and_distillation_presets(clip: TrajectorySide, token_mean: Choice) 
 
 
 def _asynchronous_presets(grpo_reward: RewardSide, clip: TrajectorySide, token_mean: Choice) -> list[Preset]:
-    """Issue 13: training on samples from a sampler up to ``max_staleness`` versions behind the trainer."""
+    """Presets for samples from a sampler up to ``max_staleness`` versions behind the trainer."""
     return [
         _preset(
             "decoupled_ppo",
