@@ -12,8 +12,10 @@ Subparsers = argparse._SubParsersAction
 
 
 def client_from(args: argparse.Namespace) -> Client:
-    """A Client for the global ``--address`` and ``--api-key`` options."""
-    return Client(args.address, api_key=args.api_key)
+    """A Client for the global ``--address``, ``--api-key`` and ``--tls-*`` options."""
+    return Client(
+        args.address, api_key=args.api_key, tls_ca=args.tls_ca, tls_cert=args.tls_cert, tls_key=args.tls_key
+    )
 
 
 def print_table(header: list[str], rows: list[list[str]]) -> None:

@@ -68,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
     out_dir.mkdir(parents=True, exist_ok=True)
     print(f"policyopt demo: {args.model}, {steps} steps of {args.method}; output in {out_dir}")
     print("preparing the base model (converted to safetensors once, then cached) ...")
-    model_dir = resolve_base_model(size.model, settings.data_dir)
+    resolve_base_model(size.model, settings.data_dir)
     task = TASKS[args.model](seed=args.seed)
     with (
         start_stack(settings, log_dir=out_dir / "logs") as stack,
@@ -77,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
         client = Client(stack.address, api_key=key)
         client.register_reward_endpoint("demo-task", endpoint.address)
         run_handle = client.create_run(
-            base_model=str(model_dir),
+            base_model=size.model,  # a built-in name: the server allows no paths it was not told of
             method=args.method,
             reward_endpoint="demo-task",
             group_size=size.group_size,

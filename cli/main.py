@@ -39,6 +39,22 @@ def build_parser() -> argparse.ArgumentParser:
         default=os.environ.get("POLICYOPT_API_KEY"),
         help="API key for client commands (env POLICYOPT_API_KEY)",
     )
+    parser.add_argument(
+        "--tls-ca",
+        default=os.environ.get("POLICYOPT_TLS_CA") or None,
+        help="connect over TLS, verifying the server with this PEM CA file (env POLICYOPT_TLS_CA)",
+    )
+    parser.add_argument(
+        "--tls-cert",
+        default=os.environ.get("POLICYOPT_TLS_CLIENT_CERT") or None,
+        help="client certificate (PEM file) for servers that require mutual TLS; with --tls-key "
+        "(env POLICYOPT_TLS_CLIENT_CERT)",
+    )
+    parser.add_argument(
+        "--tls-key",
+        default=os.environ.get("POLICYOPT_TLS_CLIENT_KEY") or None,
+        help="private key (PEM file) of --tls-cert (env POLICYOPT_TLS_CLIENT_KEY)",
+    )
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for register in COMMANDS:
         register(subparsers)

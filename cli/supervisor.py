@@ -19,6 +19,7 @@ from pathlib import Path
 from types import TracebackType
 
 from policyopt.core.errors import Unavailable
+from policyopt.core.outbound import LOCAL_ALLOWLIST
 from policyopt.core.settings import Settings
 from policyopt.core.valkey import EmbeddedValkey, die_with_parent
 
@@ -80,9 +81,36 @@ def child_env(settings: Settings, threads: int) -> dict[str, str]:
             "PYTHONUNBUFFERED": "1",
         }
     )
+    for name, value in (
+        ("POLICYOPT_TLS_CERT", settings.tls_cert),
+        ("POLICYOPT_TLS_KEY", settings.tls_key),
+        ("POLICYOPT_TLS_CLIENT_CA", settings.tls_client_ca),
+        ("POLICYOPT_REDIS_CA", settings.redis_ca),
+    ):
+        if value:  # settings from a --config file reach the children too
+            env[name] = value
+    env.update(_policy_env(settings))
     if settings.api_keys:
         env["POLICYOPT_API_KEYS"] = ",".join(f"{tenant}:{key}" for key, tenant in settings.api_keys.items())
     return env
+
+
+def _policy_env(settings: Settings) -> dict[str, str]:
+    """The outbound policy and model declarations, as env, so that every child applies the same ones."""
+    env = {"POLICYOPT_ENDPOINT_ALLOWLIST": ",".join(settings.endpoint_allowlist)}
+    if settings.models:
+        env["POLICYOPT_MODELS"] = ",".join(f"{name}={source}" for name, source in settings.models.items())
+    if settings.model_roots:
+        env["POLICYOPT_MODEL_ROOTS"] = os.pathsep.join(settings.model_roots)
+    return env
+
+
+def local_settings(settings: Settings) -> Settings:
+    """Local use: reward and teacher endpoints may also be on this machine (loopback), unless the operator
+    set an allowlist. The service's own Valkey stays refused."""
+    if settings.endpoint_allowlist:
+        return settings
+    return settings.replace(endpoint_allowlist=LOCAL_ALLOWLIST)
 
 
 def _free_port(host: str) -> int:
@@ -118,6 +146,7 @@ def start_stack(
     settings: Settings, *, log_dir: Path | None = None, workers: bool = True, rollout_workers: int = 1
 ) -> Stack:
     """Start Valkey (unless REDIS_URL is set), the server and the workers; return when the server listens."""
+    settings = local_settings(settings)
     valkey = None
     if not settings.redis_url:
         valkey = EmbeddedValkey(Path(settings.data_dir) / "valkey").start()

@@ -27,6 +27,7 @@ def run(args: argparse.Namespace) -> int:
     from policyopt.cli.supervisor import start_stack
     from policyopt.core.errors import Unavailable
     from policyopt.core.settings import load_settings
+    from policyopt.state.connection import redact_url
 
     settings = load_settings(args.config, port=args.port)
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -35,7 +36,8 @@ def run(args: argparse.Namespace) -> int:
         signal.signal(sig, lambda _signum, _frame: stop.set())
     log_dir = Path(settings.data_dir) / "logs"
     with start_stack(settings, log_dir=log_dir, rollout_workers=args.rollout_workers) as stack:
-        where = f"REDIS_URL={stack.settings.redis_url}" + (" (embedded Valkey)" if stack.valkey else "")
+        redis_url = redact_url(stack.settings.redis_url or "")
+        where = f"REDIS_URL={redis_url}" + (" (embedded Valkey)" if stack.valkey else "")
         print(f"policyopt is up on {stack.address}; {where}; logs in {log_dir}. Ctrl-C stops it.", flush=True)
         if not settings.api_keys:
             print("warning: POLICYOPT_API_KEYS is empty, so auth is off; set it before exposing the port.")

@@ -5,6 +5,7 @@ Needs only grpcio and protobuf. Public names::
     Client, RunHandle              blocking client (policyopt.client.sync)
     AsyncClient, AsyncRunHandle    asyncio client (policyopt.client.aio)
     RewardServer                   host a reward function as a RewardService
+    tls_credentials                TLS channel credentials from PEM files (policyopt.client.tls)
     Turn, Trajectory, TrajectoryGroup   client-built (agentic) trajectories for submit_trajectories
     policyopt.client.agentic       TrajectoryBuilder, ChatTemplateRenderer: trajectories from vLLM responses
     RunInfo, RunEvent, AdapterVersion, MethodSettings, ...   plain dataclasses (policyopt.client.types)
@@ -19,6 +20,7 @@ from policyopt.client.errors import (
     FailedPrecondition,
     InvalidArgument,
     NotFound,
+    PermissionDenied,
     PolicyOptError,
     ResourceExhausted,
     RewardEndpointError,
@@ -27,9 +29,11 @@ from policyopt.client.errors import (
 )
 from policyopt.client.reward_server import RewardServer
 from policyopt.client.sync import Client, RunHandle
+from policyopt.client.tls import tls_credentials
 from policyopt.client.types import (
     AdapterVersion,
     CreateRunOptions,
+    EndpointTLS,
     EventKind,
     MethodCatalog,
     MethodChoiceInfo,
@@ -55,6 +59,7 @@ __all__ = [
     "AsyncRunHandle",
     "Client",
     "CreateRunOptions",
+    "EndpointTLS",
     "DeadlineExceeded",
     "EventKind",
     "FailedPrecondition",
@@ -64,6 +69,7 @@ __all__ = [
     "MethodParameter",
     "MethodSettings",
     "NotFound",
+    "PermissionDenied",
     "PolicyOptError",
     "PresetInfo",
     "ResourceExhausted",
@@ -81,4 +87,5 @@ __all__ = [
     "TurnRole",
     "Unauthenticated",
     "Unavailable",
+    "tls_credentials",
 ]

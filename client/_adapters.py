@@ -1,6 +1,9 @@
 """Writing a pulled adapter: chunks into a temporary directory, sha256-checked, then one rename.
 
-The result is ``dest_dir/<run_id>/v000002/`` holding the PEFT files and ``manifest.json``.
+The result is ``dest_dir/<run_id>/v000002/`` holding the PEFT files and ``manifest.json``. Nothing the
+server sends becomes a path unchecked: the run id must be a run id, the version a positive integer and
+every file name one plain component (``core.identifiers``), else AdapterIntegrityError; and every path
+written must resolve inside ``dest_dir``.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from typing import BinaryIO
 from policyopt.client._convert import version_from_proto
 from policyopt.client.errors import AdapterIntegrityError
 from policyopt.client.types import AdapterVersion
+from policyopt.core.identifiers import MAX_INT64, is_plain_file_name, is_run_id, quote
 from policyopt.v1 import policyopt_pb2 as pb
 
 
@@ -26,9 +30,31 @@ def adapter_path(dest_dir: str | os.PathLike[str], run_id: str, version: int) ->
 
 
 def _safe_name(name: str) -> str:
-    if Path(name).name != name or name in ("", ".", "..", "manifest.json"):
-        raise AdapterIntegrityError(f"the server sent an unsafe or reserved file name {name!r}")
+    if not is_plain_file_name(name) or name == "manifest.json":
+        raise AdapterIntegrityError(f"the server sent an unsafe or reserved file name {quote(name)}")
     return name
+
+
+def _checked_manifest(manifest: AdapterVersion) -> AdapterVersion:
+    """The manifest, when its run id, version and file names are safe to build paths from."""
+    if not is_run_id(manifest.run_id):
+        raise AdapterIntegrityError(
+            f"the server sent a manifest with a malformed run id {quote(manifest.run_id)}"
+        )
+    if not 1 <= manifest.version <= MAX_INT64:
+        raise AdapterIntegrityError(
+            f"the server sent a manifest with version {manifest.version}; versions are >= 1"
+        )
+    for name in manifest.files:
+        _safe_name(name)
+    return manifest
+
+
+def _inside(root: Path, path: Path) -> Path:
+    """``path`` when it resolves inside ``root`` (links followed), else AdapterIntegrityError."""
+    if not path.resolve().is_relative_to(root.resolve()):
+        raise AdapterIntegrityError(f"the pull would write {path}, outside {root}; refusing")
+    return path
 
 
 class AdapterWriter:
@@ -56,7 +82,7 @@ class AdapterWriter:
 
     def add(self, chunk: pb.AdapterChunk) -> None:
         if chunk.HasField("manifest"):
-            self._start(version_from_proto(chunk.manifest))
+            self._start(_checked_manifest(version_from_proto(chunk.manifest)))
         if self.manifest is None or self._tmp is None:
             raise AdapterIntegrityError("the adapter stream did not begin with its manifest")
         if not chunk.file_name:
@@ -70,8 +96,10 @@ class AdapterWriter:
             self._close_file(chunk.sha256)
 
     def _start(self, manifest: AdapterVersion) -> None:
+        if self.manifest is not None:
+            raise AdapterIntegrityError("the adapter stream sent a second manifest")
         self.manifest = manifest
-        parent = adapter_path(self.dest_dir, manifest.run_id, manifest.version).parent
+        parent = _inside(self.dest_dir, adapter_path(self.dest_dir, manifest.run_id, manifest.version).parent)
         parent.mkdir(parents=True, exist_ok=True)
         self._tmp = Path(tempfile.mkdtemp(prefix=f".v{manifest.version:06d}-", dir=parent))
 
@@ -85,7 +113,7 @@ class AdapterWriter:
             )
         self._name = name
         self._digest = hashlib.sha256()
-        self._file = (self._tmp / name).open("wb")
+        self._file = _inside(self.dest_dir, self._tmp / name).open("xb")
 
     def _close_file(self, sent_sha256: str) -> None:
         assert self._file is not None and self.manifest is not None
@@ -111,7 +139,9 @@ class AdapterWriter:
                 f"the adapter stream ended before {missing or [self._name]} arrived complete"
             )
         (self._tmp / "manifest.json").write_text(json.dumps(dataclasses.asdict(self.manifest), indent=2))
-        final = adapter_path(self.dest_dir, self.manifest.run_id, self.manifest.version)
+        final = _inside(
+            self.dest_dir, adapter_path(self.dest_dir, self.manifest.run_id, self.manifest.version)
+        )
         if final.exists():  # replace an older pull of the same version, keeping the swap short
             old = final.with_name(f".{final.name}-old-{os.getpid()}")
             final.rename(old)

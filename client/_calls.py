@@ -19,10 +19,12 @@ import grpc
 
 from policyopt.client import _convert
 from policyopt.client._stub import Metadata, StreamRpc, Stub, T, UnaryRpc
-from policyopt.client.errors import DeadlineExceeded, FailedPrecondition
+from policyopt.client.errors import DeadlineExceeded, FailedPrecondition, InvalidArgument
+from policyopt.client.tls import PemSource, read_pem, tls_credentials
 from policyopt.client.types import (
     AdapterVersion,
     CreateRunOptions,
+    EndpointTLS,
     JSONValue,
     MethodCatalog,
     RewardEndpoint,
@@ -77,11 +79,26 @@ def auth_metadata(api_key: str | None) -> Metadata:
     return (("x-api-key", key),) if key else ()
 
 
+def unreachable_hint(address: str, tls: bool) -> str:
+    """What to check when the channel to ``address`` fails: the server, and whether both sides use TLS."""
+    if tls:
+        return (
+            f"is the server at {address} running and serving TLS with a certificate that tls_ca signed "
+            "(with mutual TLS, also give tls_cert= and tls_key=; CLI --tls-ca, --tls-cert, --tls-key)?"
+        )
+    return (
+        f"is the server at {address} running? This client speaks plaintext: if the server serves TLS, "
+        "connect with tls_ca= (CLI --tls-ca)"
+    )
+
+
 class ClientBase(Generic[T]):
     """What ``Client`` and ``AsyncClient`` share: the address, the unary deadline, the API key and the stub.
 
-    ``api_key`` defaults to ``POLICYOPT_API_KEY``; ``timeout`` is the deadline of each unary call;
-    ``credentials`` (``grpc.ssl_channel_credentials(...)``) makes the channel a TLS one.
+    ``api_key`` defaults to ``POLICYOPT_API_KEY``; ``timeout`` is the deadline of each unary call.
+    TLS: ``tls_ca`` is the CA that signed the server's certificate, ``tls_cert`` and ``tls_key`` a client
+    certificate for mutual TLS (paths, or PEM text); ``credentials`` (``tls_credentials(...)`` or any
+    ``grpc.ChannelCredentials``) instead, e.g. ``tls_credentials()`` for a server with a public certificate.
     """
 
     def __init__(
@@ -91,10 +108,19 @@ class ClientBase(Generic[T]):
         *,
         timeout: float = 60.0,
         credentials: grpc.ChannelCredentials | None = None,
+        tls_ca: PemSource | None = None,
+        tls_cert: PemSource | None = None,
+        tls_key: PemSource | None = None,
     ) -> None:
+        if any(source is not None for source in (tls_ca, tls_cert, tls_key)):
+            if credentials is not None:
+                raise InvalidArgument("give credentials= or tls_ca=/tls_cert=/tls_key=, not both")
+            credentials = tls_credentials(tls_ca, tls_cert, tls_key)
         self.address = address
         self.timeout = timeout
+        self.tls = credentials is not None
         self._auth = auth_metadata(api_key)
+        self._unreachable_hint = unreachable_hint(address, self.tls)
         self._stub: Stub[T] = self._connect(address, credentials)
 
     def _connect(self, address: str, credentials: grpc.ChannelCredentials | None) -> Stub[T]:
@@ -117,13 +143,20 @@ class RunHandleBase(Generic[ClientT]):
 
 # -- reward endpoints ----------------------------------------------------------------------------
 def register_reward_endpoint(
-    name: str, address: str, timeout_s: float = 0.0
+    name: str, address: str, timeout_s: float = 0.0, tls_options: EndpointTLS | None = None
 ) -> Unary[T, pb.RegisterRewardEndpointRequest, pb.RewardEndpoint, RewardEndpoint]:
     """Register (or replace) a RewardService reachable by the workers at ``address``.
 
-    ``timeout_s`` bounds each Score call (0: the server's default).
+    ``timeout_s`` bounds each Score call (0: the server's default). ``tls=True`` makes the workers call it
+    over TLS, verifying its certificate against ``tls_ca`` (a path or PEM text, sent as PEM; default: the
+    workers' system roots); giving ``tls_ca`` implies ``tls``.
     """
-    request = pb.RegisterRewardEndpointRequest(name=name, address=address, timeout_s=timeout_s)
+    options = tls_options or {}
+    tls_ca = options.get("tls_ca")
+    ca = read_pem(tls_ca, "CA certificate").decode() if tls_ca is not None else ""
+    request = pb.RegisterRewardEndpointRequest(
+        name=name, address=address, timeout_s=timeout_s, tls=options.get("tls", False) or bool(ca), tls_ca=ca
+    )
     return Unary(request, lambda stub: stub.RegisterRewardEndpoint, _convert.endpoint_from_proto)
 
 

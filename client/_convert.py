@@ -171,7 +171,13 @@ def version_from_proto(version: pb.AdapterVersion) -> AdapterVersion:
 
 
 def endpoint_from_proto(endpoint: pb.RewardEndpoint) -> RewardEndpoint:
-    return RewardEndpoint(name=endpoint.name, address=endpoint.address, timeout_s=endpoint.timeout_s)
+    return RewardEndpoint(
+        name=endpoint.name,
+        address=endpoint.address,
+        timeout_s=endpoint.timeout_s,
+        tls=endpoint.tls,
+        tls_ca=endpoint.tls_ca,
+    )
 
 
 def methods_from_proto(response: pb.ListMethodsResponse) -> MethodCatalog:

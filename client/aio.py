@@ -27,6 +27,7 @@ from policyopt.client.sync import Client, RunHandle
 from policyopt.client.types import (
     AdapterVersion,
     CreateRunOptions,
+    EndpointTLS,
     JSONValue,
     MethodCatalog,
     RewardEndpoint,
@@ -66,21 +67,21 @@ class AsyncClient(_calls.ClientBase[Asyncio]):
 
     async def _call(self, call: Unary[Asyncio, Request, Response, Out]) -> Out:
         send = call.method(self._stub)
-        with translating():
+        with translating(self._unreachable_hint):
             response = await send(call.request, metadata=self._metadata(), timeout=self.timeout)
         return call.convert(response)
 
     async def _stream(self, call: Stream[Asyncio, Request, Response, Out]) -> AsyncGenerator[Out, None]:
         responses = call.method(self._stub)(call.request, metadata=self._metadata(), timeout=call.timeout)
-        with streaming(responses):
+        with streaming(responses, self._unreachable_hint):
             async for response in responses:
                 yield call.convert(response)
 
     @docs_from(_calls.register_reward_endpoint)
     async def register_reward_endpoint(
-        self, name: str, address: str, timeout_s: float = 0.0
+        self, name: str, address: str, timeout_s: float = 0.0, **tls: Unpack[EndpointTLS]
     ) -> RewardEndpoint:
-        return await self._call(_calls.register_reward_endpoint(name, address, timeout_s))
+        return await self._call(_calls.register_reward_endpoint(name, address, timeout_s, tls))
 
     @docs_from(_calls.list_reward_endpoints)
     async def list_reward_endpoints(self) -> list[RewardEndpoint]:

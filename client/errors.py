@@ -9,6 +9,7 @@ Hierarchy (the service's classes are reused from the stdlib-only ``policyopt.cor
     ├── FailedPrecondition         FAILED_PRECONDITION: valid request, wrong state
     ├── ResourceExhausted          RESOURCE_EXHAUSTED: a queue is full; retry later
     ├── Unauthenticated            UNAUTHENTICATED: missing or wrong API key
+    ├── PermissionDenied           PERMISSION_DENIED: the operator's policy forbids it (an endpoint, a model)
     ├── Unavailable                UNAVAILABLE: the server or its Redis is unreachable
     ├── RewardEndpointError        a reward endpoint misbehaved
     ├── DeadlineExceeded           DEADLINE_EXCEEDED, or a client-side wait timed out (also a TimeoutError)
@@ -30,6 +31,7 @@ from policyopt.core.errors import (
     FailedPrecondition,
     InvalidArgument,
     NotFound,
+    PermissionDenied,
     PolicyOptError,
     ResourceExhausted,
     RewardEndpointError,
@@ -55,6 +57,7 @@ _BY_NAME: dict[str, type[PolicyOptError]] = {
     for cls in (
         PolicyOptError, InvalidArgument, NotFound, AlreadyExists, FailedPrecondition, ResourceExhausted,
         Unauthenticated, Unavailable, RewardEndpointError, DeadlineExceeded, AdapterIntegrityError,
+        PermissionDenied,
     )
 }  # fmt: skip
 _BY_CODE: dict[grpc.StatusCode, type[PolicyOptError]] = {
@@ -65,7 +68,7 @@ _BY_CODE: dict[grpc.StatusCode, type[PolicyOptError]] = {
     grpc.StatusCode.FAILED_PRECONDITION: FailedPrecondition,
     grpc.StatusCode.RESOURCE_EXHAUSTED: ResourceExhausted,
     grpc.StatusCode.UNAUTHENTICATED: Unauthenticated,
-    grpc.StatusCode.PERMISSION_DENIED: Unauthenticated,
+    grpc.StatusCode.PERMISSION_DENIED: PermissionDenied,
     grpc.StatusCode.UNAVAILABLE: Unavailable,
     grpc.StatusCode.DEADLINE_EXCEEDED: DeadlineExceeded,
     grpc.StatusCode.DATA_LOSS: AdapterIntegrityError,
@@ -84,25 +87,32 @@ def _class_name_from(exc: grpc.RpcError) -> str:
     return ""
 
 
-def error_from_rpc(exc: grpc.RpcError) -> PolicyOptError:
-    """The SDK exception for a failed call: the server's error class when it sent one, else by status code."""
+def error_from_rpc(exc: grpc.RpcError, unreachable_hint: str = "") -> PolicyOptError:
+    """The SDK exception for a failed call: the server's error class when it sent one, else by status code.
+
+    ``unreachable_hint`` is added to an UNAVAILABLE that the channel raised (the server sent nothing),
+    to say what to check: a plaintext client of a TLS server sees only "Socket closed".
+    """
     code_method = getattr(exc, "code", None)
     code = code_method() if callable(code_method) else grpc.StatusCode.UNKNOWN
     details_method = getattr(exc, "details", None)
     details = (details_method() if callable(details_method) else None) or str(code)
-    cls = _BY_NAME.get(_class_name_from(exc)) or _BY_CODE.get(code, PolicyOptError)
+    class_name = _class_name_from(exc)
+    if code == grpc.StatusCode.UNAVAILABLE and not class_name and unreachable_hint:
+        details = f"{details}; {unreachable_hint}"
+    cls = _BY_NAME.get(class_name) or _BY_CODE.get(code, PolicyOptError)
     error = cls(details)
     vars(error)["status_code"] = code  # the core's error classes know nothing of grpc, so no such field
     return error
 
 
 @contextlib.contextmanager
-def translating() -> Iterator[None]:
+def translating(unreachable_hint: str = "") -> Iterator[None]:
     """Re-raise ``grpc.RpcError`` raised inside the block as the matching SDK exception."""
     try:
         yield
     except grpc.RpcError as exc:
-        raise error_from_rpc(exc) from exc
+        raise error_from_rpc(exc, unreachable_hint) from exc
 
 
 class _Cancellable(Protocol):
@@ -110,7 +120,7 @@ class _Cancellable(Protocol):
 
 
 @contextlib.contextmanager
-def streaming(call: _Cancellable) -> Iterator[None]:
+def streaming(call: _Cancellable, unreachable_hint: str = "") -> Iterator[None]:
     """Read a server stream in the block: its errors as SDK exceptions, and the call cancelled on leaving.
 
     A cancelled call just ends the block; leaving the loop early is how a caller stops a stream.
@@ -119,7 +129,7 @@ def streaming(call: _Cancellable) -> Iterator[None]:
         yield
     except grpc.RpcError as exc:
         if exc.code() != grpc.StatusCode.CANCELLED:
-            raise error_from_rpc(exc) from exc
+            raise error_from_rpc(exc, unreachable_hint) from exc
     finally:
         call.cancel()
 
@@ -131,6 +141,7 @@ __all__ = [
     "FailedPrecondition",
     "InvalidArgument",
     "NotFound",
+    "PermissionDenied",
     "PolicyOptError",
     "ResourceExhausted",
     "RewardEndpointError",

@@ -19,6 +19,7 @@ from typing import TypeVar, cast
 import grpc
 
 from policyopt.client.structs import struct_to_dict
+from policyopt.client.tls import PemSource, server_credentials
 from policyopt.client.types import JSONValue
 from policyopt.v1 import reward_pb2 as rpb
 from policyopt.v1 import reward_pb2_grpc as rpb_grpc
@@ -68,6 +69,18 @@ def _group_scorer(fn: ItemScore | BatchScore, batch: bool) -> GroupScore:
     return score_each_async if _is_async(fn) else score_each
 
 
+def _credentials(
+    cert: PemSource | None, key: PemSource | None, client_ca: PemSource | None
+) -> grpc.ServerCredentials | None:
+    if cert is None and key is None:
+        if client_ca is not None:
+            raise ValueError("tls_client_ca needs tls_cert and tls_key: mutual TLS is TLS first")
+        return None
+    if cert is None or key is None:
+        raise ValueError("give both tls_cert and tls_key to serve TLS")
+    return server_credentials(cert, key, client_ca)
+
+
 class _Scorer(rpb_grpc.RewardServiceServicer):
     def __init__(self, score: GroupScore, loop: asyncio.AbstractEventLoop | None) -> None:
         self.score = score
@@ -107,7 +120,9 @@ class _Scorer(rpb_grpc.RewardServiceServicer):
 class RewardServer:
     """A RewardService on ``host:port`` (port 0: a free one). ``address`` is what to register.
 
-    Use as a context manager, or ``start()``/``stop()``.
+    With ``tls_cert`` and ``tls_key`` (paths, or PEM text) it serves TLS: register it with ``tls=True`` and
+    the CA that signed ``tls_cert``. With ``tls_client_ca`` too, callers must present a certificate that CA
+    signed. Use as a context manager, or ``start()``/``stop()``.
     """
 
     def __init__(
@@ -118,12 +133,16 @@ class RewardServer:
         host: str = "127.0.0.1",
         port: int = 0,
         max_workers: int = 8,
+        tls_cert: PemSource | None = None,
+        tls_key: PemSource | None = None,
+        tls_client_ca: PemSource | None = None,
     ) -> None:
         self.fn = fn
         self.batch = batch
         self.host = host
         self.port = port
         self.max_workers = max_workers
+        self._credentials = _credentials(tls_cert, tls_key, tls_client_ca)
         self._server: grpc.Server | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread: threading.Thread | None = None
@@ -146,7 +165,11 @@ class RewardServer:
         rpb_grpc.add_RewardServiceServicer_to_server(
             _Scorer(_group_scorer(self.fn, self.batch), self._loop), server
         )
-        self.port = server.add_insecure_port(f"{self.host}:{self.port}")
+        address = f"{self.host}:{self.port}"
+        if self._credentials is not None:
+            self.port = server.add_secure_port(address, self._credentials)
+        else:
+            self.port = server.add_insecure_port(address)
         server.start()
         self._server = server
         return self

@@ -34,6 +34,7 @@ from policyopt.client.errors import streaming, translating
 from policyopt.client.types import (
     AdapterVersion,
     CreateRunOptions,
+    EndpointTLS,
     JSONValue,
     MethodCatalog,
     RewardEndpoint,
@@ -48,6 +49,7 @@ class Client(_calls.ClientBase[Blocking]):
     """Blocking client of the PolicyOptimizer service.
 
     ``api_key`` defaults to ``POLICYOPT_API_KEY``; ``timeout`` is the deadline of each unary call.
+    ``tls_ca`` (and ``tls_cert``/``tls_key`` for mutual TLS) connect over TLS: see ``ClientBase``.
     """
 
     def _connect(self, address: str, credentials: grpc.ChannelCredentials | None) -> Stub[Blocking]:
@@ -71,20 +73,22 @@ class Client(_calls.ClientBase[Blocking]):
         self.close()
 
     def _call(self, call: Unary[Blocking, Request, Response, Out]) -> Out:
-        with translating():
+        with translating(self._unreachable_hint):
             response = call.method(self._stub)(call.request, metadata=self._auth, timeout=self.timeout)
         return call.convert(response)
 
     def _stream(self, call: Stream[Blocking, Request, Response, Out]) -> Iterator[Out]:
         responses = call.method(self._stub)(call.request, metadata=self._auth, timeout=call.timeout)
-        with streaming(responses):
+        with streaming(responses, self._unreachable_hint):
             for response in responses:
                 yield call.convert(response)
 
     # -- reward endpoints ------------------------------------------------------------------------
     @docs_from(_calls.register_reward_endpoint)
-    def register_reward_endpoint(self, name: str, address: str, timeout_s: float = 0.0) -> RewardEndpoint:
-        return self._call(_calls.register_reward_endpoint(name, address, timeout_s))
+    def register_reward_endpoint(
+        self, name: str, address: str, timeout_s: float = 0.0, **tls: Unpack[EndpointTLS]
+    ) -> RewardEndpoint:
+        return self._call(_calls.register_reward_endpoint(name, address, timeout_s, tls))
 
     @docs_from(_calls.list_reward_endpoints)
     def list_reward_endpoints(self) -> list[RewardEndpoint]:

@@ -5,6 +5,7 @@ Metadata values are JSON: numbers travel as doubles, and integral ones come back
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -50,6 +51,15 @@ class RunOptions(TypedDict, total=False):
     teacher_model: str
     teacher_endpoint: str
     teacher_coef: float
+
+
+class EndpointTLS(TypedDict, total=False):
+    """How the workers reach a reward endpoint over TLS: ``tls=True`` verifies its certificate against
+    ``tls_ca`` (a path or PEM text, sent as PEM) or, without one, the workers' system roots; giving
+    ``tls_ca`` implies ``tls``."""
+
+    tls: bool
+    tls_ca: str | bytes | os.PathLike[str] | None
 
 
 class CreateRunOptions(RunOptions, total=False):
@@ -143,6 +153,8 @@ class RewardEndpoint:
     name: str
     address: str
     timeout_s: float
+    tls: bool = False
+    tls_ca: str = field(default="", repr=False)  # PEM the workers verify the endpoint with; "": system roots
 
 
 @dataclass(frozen=True)
@@ -224,6 +236,7 @@ class TrajectoryGroup:
 __all__ = [
     "AdapterVersion",
     "CreateRunOptions",
+    "EndpointTLS",
     "EventKind",
     "JSONValue",
     "MethodCatalog",

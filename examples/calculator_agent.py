@@ -9,7 +9,7 @@ loss) and publishes adapter versions, which ``policyopt serving-sync`` loads int
 
 Run it (three terminals, or background them)::
 
-    policyopt up                                          # server + workers + embedded Valkey
+    POLICYOPT_MODEL_ROOTS=$(dirname MODEL_DIR) policyopt up   # server + workers + embedded Valkey
     python -m vllm.entrypoints.openai.api_server --model MODEL_DIR --enable-lora ...  # see docs/vllm.md
     policyopt serving-sync --vllm http://127.0.0.1:8000
     python examples/calculator_agent.py --model MODEL_DIR --vllm http://127.0.0.1:8000 --steps 20

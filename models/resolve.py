@@ -10,9 +10,15 @@ from policyopt.models.build import build_once
 from policyopt.models.smollm2 import convert_smollm2
 from policyopt.models.tiny import build_tiny_model
 
+BUILT_IN = ("tiny", "smollm2")
+
 
 def resolve_base_model(name: str, data_dir: str | Path) -> Path:
-    """Map a run's ``base_model`` to a local model directory, building or converting it if needed."""
+    """Map a run's ``base_model`` to a local model directory, building or converting it if needed.
+
+    Any readable path is accepted: this is for trusted callers (the demo, benchmarks). Tenants' names go
+    through ``ModelCatalog.resolve``, which applies the operator's declarations first.
+    """
     if name == "tiny":
         return build_once(Path(data_dir) / "models" / "tiny", build_tiny_model)
     if name == "smollm2":
@@ -38,4 +44,4 @@ def vocab_size(model_dir: str | Path) -> int:
     return int(config.get("vocab_size") or config.get("text_config", {}).get("vocab_size") or 0)
 
 
-__all__ = ["context_length", "resolve_base_model", "vocab_size"]
+__all__ = ["BUILT_IN", "context_length", "resolve_base_model", "vocab_size"]

@@ -13,6 +13,8 @@ import redis
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from policyopt.client.tls import server_credentials
+from policyopt.core.errors import InvalidArgument
 from policyopt.core.settings import Settings
 from policyopt.core.telemetry import setup_telemetry
 from policyopt.server.interceptors import server_interceptors
@@ -91,6 +93,23 @@ class PolicyOptServer:
         self.stop(grace=1.0)
 
 
+def server_tls(settings: Settings) -> grpc.ServerCredentials | None:
+    """The TLS credentials of ``POLICYOPT_TLS_CERT``/``_KEY`` (and ``_CLIENT_CA``: mutual TLS); None: plaintext."""
+    if not settings.tls_cert and not settings.tls_key:
+        if settings.tls_client_ca:
+            raise InvalidArgument("POLICYOPT_TLS_CLIENT_CA needs POLICYOPT_TLS_CERT and POLICYOPT_TLS_KEY")
+        if settings.host not in ("127.0.0.1", "localhost", "::1"):
+            log.warning(
+                "serving plaintext on %s: API keys and prompts cross the network in clear; "
+                "set POLICYOPT_TLS_CERT and POLICYOPT_TLS_KEY",
+                settings.host,
+            )
+        return None
+    if not settings.tls_cert or not settings.tls_key:
+        raise InvalidArgument("set both POLICYOPT_TLS_CERT and POLICYOPT_TLS_KEY to serve TLS, or neither")
+    return server_credentials(settings.tls_cert, settings.tls_key, settings.tls_client_ca or None)
+
+
 def build_server(
     settings: Settings,
     *,
@@ -99,6 +118,7 @@ def build_server(
     poll_ms: int = 1000,
 ) -> PolicyOptServer:
     """A server on ``settings.host:settings.port`` (port 0 picks a free one), not yet started."""
+    credentials = server_tls(settings)  # before anything starts: a bad file fails here, with its name
     r = r if r is not None else connect(settings)
     if not settings.api_keys:
         log.warning(
@@ -106,7 +126,7 @@ def build_server(
         )
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="policyopt-rpc"),
-        interceptors=server_interceptors(settings.api_keys),
+        interceptors=server_interceptors(settings.api_keys, settings.reflection_public),
         options=[("grpc.max_send_message_length", 8 << 20), ("grpc.max_receive_message_length", 64 << 20)],
     )
     servicer = PolicyOptimizerServicer(settings, r, poll_ms=poll_ms)
@@ -114,7 +134,11 @@ def build_server(
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
-    port = server.add_insecure_port(f"{settings.host}:{settings.port}")
+    address = f"{settings.host}:{settings.port}"
+    if credentials is not None:
+        port = server.add_secure_port(address, credentials)
+    else:
+        port = server.add_insecure_port(address)
     if port == 0:
         raise OSError(f"cannot bind {settings.host}:{settings.port}; is another server on that port?")
     built = PolicyOptServer(server, port, settings.host, r, health_servicer)
@@ -126,7 +150,8 @@ def serve(settings: Settings, grace_s: float = 10.0) -> None:
     """Run until SIGTERM or SIGINT, then stop gracefully. Prints the bound address."""
     setup_telemetry(settings, "policyopt-server")
     running = build_server(settings).start()
-    print(f"policyopt server listening on {running.address}", flush=True)
+    tls = ("mutual TLS" if settings.tls_client_ca else "TLS") if settings.tls_cert else "plaintext"
+    print(f"policyopt server listening on {running.address} ({tls})", flush=True)
     done = threading.Event()
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:

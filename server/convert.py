@@ -1,19 +1,24 @@
 """Protobuf <-> ``policyopt.core.types``. The only server module that builds or reads messages' fields.
 
 Unset optional request fields take the ``RunConfig`` defaults. ``google.protobuf.Struct`` numbers are
-doubles; integral ones come back as ``int`` so ``{"answer": 5}`` survives the round trip.
+doubles; integral ones come back as ``int`` so ``{"answer": 5}`` survives the round trip. A request's
+Structs must hold JSON: a NaN or infinite number, or a value with nothing set, is INVALID_ARGUMENT naming
+where it sits (``prompts[0].metadata["score"][2]``).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields, replace
 from typing import Protocol, TypeVar
 
+from google.protobuf import struct_pb2
 from google.protobuf.message import Message
 
 from policyopt.client.structs import dict_to_struct, struct_to_dict
 from policyopt.core.errors import InvalidArgument
+from policyopt.core.identifiers import quote
 from policyopt.core.types import (
     AdapterManifest,
     EventKind,
@@ -32,17 +37,59 @@ from policyopt.core.types import (
 from policyopt.v1 import policyopt_pb2 as pb
 
 _DEFAULTS = {f.name: f.default for f in fields(RunConfig) if f.name != "base_model"}
+MAX_STRUCT_KEY_CHARS = 4096
+MAX_METHOD_KEY_CHARS = 128  # method fields are short names; the library echoes a key it does not know
 _OPTIONAL_FIELDS = (
     "group_size", "prompts_per_step", "max_new_tokens", "temperature", "top_p",
     "learning_rate", "max_steps", "max_staleness", "seed",
 )  # fmt: skip
 
 
+def _not_json_at(struct: struct_pb2.Struct, where: str, max_key: int) -> tuple[str, str] | None:
+    """(place, problem) of the first value JSON cannot hold (a non-finite number, an unset value) or
+    the first key longer than ``max_key`` characters."""
+    pending: list[tuple[str, struct_pb2.Struct | struct_pb2.ListValue]] = [(where, struct)]
+    while pending:  # a loop, not recursion: nesting depth is the caller's choice
+        parent, container = pending.pop()
+        if isinstance(container, struct_pb2.Struct):
+            items = [(f"{parent}[{quote(k, 32)}]", k, v) for k, v in container.fields.items()]
+        else:
+            items = [(f"{parent}[{i}]", "", v) for i, v in enumerate(container.values)]
+        for place, key, value in items:
+            kind = value.WhichOneof("kind")
+            if len(key) > max_key:
+                return place, f"is a key of {len(key)} characters; keys here are at most {max_key}"
+            if kind is None:
+                return place, "has no value set (use null_value for null)"
+            if kind == "number_value" and not math.isfinite(value.number_value):
+                return place, f"is {value.number_value}; numbers must be finite"
+            if kind == "struct_value":
+                pending.append((place, value.struct_value))
+            elif kind == "list_value":
+                pending.append((place, value.list_value))
+    return None
+
+
+def struct_from_request(
+    struct: struct_pb2.Struct, where: str, max_key: int = MAX_STRUCT_KEY_CHARS
+) -> dict[str, JSONValue]:
+    """A request's Struct as a dict; InvalidArgument names ``where`` (the field) and the bad value."""
+    found = _not_json_at(struct, where, max_key)
+    if found is not None:
+        raise InvalidArgument(f"{found[0]} {found[1]}; Structs carry JSON values only")
+    try:
+        return struct_to_dict(struct)
+    except (TypeError, ValueError) as exc:
+        raise InvalidArgument(f"{where} is not JSON ({quote(str(exc))})") from exc
+
+
 def method_from_proto(spec: pb.MethodSpec) -> MethodChoice:
     return MethodChoice(
         preset=spec.preset or MethodChoice.preset,
-        reward_side=struct_to_dict(spec.reward_side),
-        trajectory_side=struct_to_dict(spec.trajectory_side),
+        reward_side=struct_from_request(spec.reward_side, "method.reward_side", MAX_METHOD_KEY_CHARS),
+        trajectory_side=struct_from_request(
+            spec.trajectory_side, "method.trajectory_side", MAX_METHOD_KEY_CHARS
+        ),
     )
 
 
@@ -132,9 +179,31 @@ def endpoint_to_proto(endpoint: RewardEndpointInfo) -> pb.RewardEndpoint:
     return _message(pb.RewardEndpoint, endpoint)
 
 
+MAX_ENDPOINT_CA_BYTES = 64 << 10
+
+
+def endpoint_ca_from_request(request: pb.RegisterRewardEndpointRequest) -> str:
+    """The endpoint's PEM CA, checked for shape: the workers verify the endpoint's certificate with it."""
+    ca = request.tls_ca
+    if not ca:
+        return ""
+    if not request.tls:
+        raise InvalidArgument("tls_ca is set but tls is false; set tls=true to call the endpoint over TLS")
+    if len(ca.encode()) > MAX_ENDPOINT_CA_BYTES:
+        raise InvalidArgument(
+            f"tls_ca is larger than {MAX_ENDPOINT_CA_BYTES} bytes; send the CA certificate only"
+        )
+    if "-----BEGIN CERTIFICATE-----" not in ca:
+        raise InvalidArgument("tls_ca must be PEM text (-----BEGIN CERTIFICATE-----), not a path or DER")
+    return ca
+
+
 def prompts_from_request(request: pb.SubmitPromptsRequest) -> list[tuple[str, dict[str, JSONValue]]]:
     """(text, metadata) of each submitted prompt."""
-    return [(p.text, struct_to_dict(p.metadata)) for p in request.prompts]
+    return [
+        (p.text, struct_from_request(p.metadata, f"prompts[{i}].metadata"))
+        for i, p in enumerate(request.prompts)
+    ]
 
 
 # -- ListMethods: what ``policyopt.workers.algorithms.list_methods()`` returns, structurally ------------------
@@ -250,9 +319,9 @@ def trajectory_groups_from_request(request: pb.SubmitTrajectoriesRequest) -> lis
                 )
                 for t in group.trajectories
             ],
-            metadata=struct_to_dict(group.metadata),
+            metadata=struct_from_request(group.metadata, f"groups[{g}].metadata"),
         )
-        for group in request.groups
+        for g, group in enumerate(request.groups)
     ]
 
 

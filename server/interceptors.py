@@ -2,8 +2,11 @@
 
 - ``AuthInterceptor`` maps the API key (``x-api-key`` or ``authorization: Bearer KEY``) to a tenant
   and binds it to ``current_tenant()`` for the handler; a missing or wrong key is UNAUTHENTICATED.
+  Health checking is open to probes; reflection needs a key unless ``reflection_public`` opens it.
 - ``TelemetryInterceptor`` opens a server span, parented on the caller's W3C trace context.
-- ``ErrorInterceptor`` is the one place where exceptions become statuses (``server.errors``).
+- ``ErrorInterceptor`` is the one place where exceptions become statuses (``server.errors``). It also
+  decodes requests itself, so bytes that are not a valid message (invalid UTF-8, nesting past protobuf's
+  limit) are INVALID_ARGUMENT instead of grpc's INTERNAL "Exception deserializing request!".
 
 grpc runs interceptors on its polling thread and handlers on the pool, so each interceptor wraps the
 handler's behavior instead of acting in ``intercept_service`` itself.
@@ -18,7 +21,7 @@ from collections.abc import Callable, Iterator, Sequence
 import grpc
 from opentelemetry import propagate, trace
 
-from policyopt.core.errors import Unauthenticated
+from policyopt.core.errors import InvalidArgument, Unauthenticated
 from policyopt.core.telemetry import tracer
 from policyopt.server.errors import abort_with
 
@@ -27,7 +30,8 @@ Continuation = Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler | None]
 Wrapper = Callable[[Callable[..., object], bool], Callable[..., object]]
 
 DEFAULT_TENANT = "default"
-OPEN_METHOD_PREFIXES = ("/grpc.health.v1.", "/grpc.reflection.")
+HEALTH_METHOD_PREFIX = "/grpc.health.v1."
+REFLECTION_METHOD_PREFIX = "/grpc.reflection."
 
 _tenant: contextvars.ContextVar[str] = contextvars.ContextVar("policyopt_tenant")
 
@@ -37,10 +41,15 @@ def current_tenant() -> str:
     return _tenant.get()
 
 
-def wrap_handler(handler: grpc.RpcMethodHandler, wrap: Wrapper) -> grpc.RpcMethodHandler:
-    """The same handler with its behavior replaced by ``wrap(behavior, response_streaming)``."""
+def wrap_handler(
+    handler: grpc.RpcMethodHandler,
+    wrap: Wrapper,
+    request_deserializer: Callable[[bytes], object] | None = None,
+) -> grpc.RpcMethodHandler:
+    """The same handler with its behavior replaced by ``wrap(behavior, response_streaming)`` (and its
+    request deserializer by ``request_deserializer`` when given)."""
     codecs = {
-        "request_deserializer": handler.request_deserializer,
+        "request_deserializer": request_deserializer or handler.request_deserializer,
         "response_serializer": handler.response_serializer,
     }
     if handler.unary_unary is not None:
@@ -89,10 +98,17 @@ def _run_in(
 
 
 class AuthInterceptor(grpc.ServerInterceptor):
-    """API key -> tenant. With no keys configured every call is tenant ``default``."""
+    """API key -> tenant. With no keys configured every call is tenant ``default``.
 
-    def __init__(self, api_keys: dict[str, str]) -> None:
+    Health checking needs no key (load balancers and probes carry none); reflection, which lists every
+    method and message, needs one unless ``reflection_public``.
+    """
+
+    def __init__(self, api_keys: dict[str, str], reflection_public: bool = False) -> None:
         self._api_keys = dict(api_keys)
+        self._open_prefixes = (HEALTH_METHOD_PREFIX,) + (
+            (REFLECTION_METHOD_PREFIX,) if reflection_public else ()
+        )
 
     def tenant_for(self, key: str) -> str | None:
         found = None
@@ -120,7 +136,7 @@ class AuthInterceptor(grpc.ServerInterceptor):
         self, continuation: Continuation, details: grpc.HandlerCallDetails
     ) -> grpc.RpcMethodHandler | None:
         handler = continuation(details)
-        if handler is None or details.method.startswith(OPEN_METHOD_PREFIXES):
+        if handler is None or details.method.startswith(self._open_prefixes):
             return handler
         try:
             tenant = self._check(details)
@@ -178,13 +194,66 @@ def _server_span(name: str, carrier: dict[str, str]) -> trace.Span:
 
 
 class ErrorInterceptor(grpc.ServerInterceptor):
-    """Exceptions raised by handlers -> gRPC statuses, via ``server.errors.abort_with``."""
+    """Exceptions raised by handlers -> gRPC statuses, via ``server.errors.abort_with``; requests that
+    do not decode -> INVALID_ARGUMENT."""
 
     def intercept_service(
         self, continuation: Continuation, details: grpc.HandlerCallDetails
     ) -> grpc.RpcMethodHandler | None:
         handler = continuation(details)
-        return None if handler is None else wrap_handler(handler, _mapping_errors)
+        if handler is None:
+            return None
+        method, request_streaming = details.method, handler.request_streaming
+
+        def wrap(behavior: Callable[..., object], streaming: bool) -> Callable[..., object]:
+            return _mapping_errors(_refusing_malformed(behavior, request_streaming), streaming)
+
+        return wrap_handler(handler, wrap, _decoding(handler.request_deserializer, method))
+
+
+class MalformedRequest:
+    """What a request that failed to decode becomes: grpc would answer INTERNAL for a decoder that
+    raises, so the decoder returns this and the handler refuses it with INVALID_ARGUMENT."""
+
+    def __init__(self, method: str, exc: Exception) -> None:
+        self.error = InvalidArgument(
+            f"the request to {method} is not a valid message ({type(exc).__name__}: {str(exc)[:80]}); "
+            "build it from the service's .proto: string fields must be valid UTF-8, and messages and Structs "
+            "nest at most 100 levels deep"
+        )
+
+
+def _decoding(
+    deserializer: Callable[[bytes], object] | None, method: str
+) -> Callable[[bytes], object] | None:
+    if deserializer is None:
+        return None
+    decode = deserializer
+
+    def decode_or_mark(data: bytes) -> object:
+        try:
+            return decode(data)
+        except Exception as exc:  # DecodeError, RecursionError, ValueError: all the caller's bytes
+            return MalformedRequest(method, exc)
+
+    return decode_or_mark
+
+
+def _refusing_malformed(behavior: Callable[..., object], request_streaming: bool) -> Callable[..., object]:
+    def checked_stream(requests: Iterator[object]) -> Iterator[object]:
+        for request in requests:
+            if isinstance(request, MalformedRequest):
+                raise request.error
+            yield request
+
+    def handle(request: object, context: grpc.ServicerContext) -> object:
+        if request_streaming:
+            return behavior(checked_stream(request), context)  # type: ignore[arg-type]
+        if isinstance(request, MalformedRequest):
+            raise request.error
+        return behavior(request, context)
+
+    return handle
 
 
 def _already_aborted(context: grpc.ServicerContext) -> bool:
@@ -213,6 +282,8 @@ def _mapping_errors(behavior: Callable[..., object], streaming: bool) -> Callabl
     return stream if streaming else unary
 
 
-def server_interceptors(api_keys: dict[str, str]) -> Sequence[grpc.ServerInterceptor]:
+def server_interceptors(
+    api_keys: dict[str, str], reflection_public: bool = False
+) -> Sequence[grpc.ServerInterceptor]:
     """The interceptor chain in order: auth -> telemetry -> errors."""
-    return (AuthInterceptor(api_keys), TelemetryInterceptor(), ErrorInterceptor())
+    return (AuthInterceptor(api_keys, reflection_public), TelemetryInterceptor(), ErrorInterceptor())

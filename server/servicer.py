@@ -6,6 +6,7 @@ Errors are raised as ``policyopt.core.errors`` and mapped to statuses by the err
 
 from __future__ import annotations
 
+import math
 import re
 import uuid
 from collections.abc import Iterator
@@ -14,10 +15,14 @@ from dataclasses import replace
 import grpc
 import redis
 
+from policyopt.core import identifiers
 from policyopt.core.errors import FailedPrecondition, InvalidArgument
+from policyopt.core.identifiers import quote
+from policyopt.core.outbound import OutboundPolicy, parse_base_url
 from policyopt.core.settings import Settings
 from policyopt.core.telemetry import inject_context
-from policyopt.core.types import PromptTask, RewardEndpointInfo, Run, RunStatus
+from policyopt.core.types import PromptTask, RewardEndpointInfo, Run, RunConfig, RunStatus
+from policyopt.models import ModelCatalog
 from policyopt.server import convert, methods, streams
 from policyopt.server.interceptors import current_tenant
 from policyopt.server.validation import (
@@ -30,7 +35,6 @@ from policyopt.state import AdapterStore, LocalAdapterStore, RunStore, WorkQueue
 from policyopt.v1 import policyopt_pb2 as pb
 from policyopt.v1 import policyopt_pb2_grpc as pb_grpc
 
-_ENDPOINT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 _ADDRESS = re.compile(r"^(\[[0-9a-fA-F:]+\]|[A-Za-z0-9.-]+):\d{1,5}$")
 
 
@@ -42,30 +46,32 @@ class PolicyOptimizerServicer(pb_grpc.PolicyOptimizerServicer):
             r, claim_idle_ms=settings.claim_idle_ms, max_queued_prompts=settings.max_queued_prompts
         )
         self.adapters: AdapterStore = LocalAdapterStore(settings.adapter_root)
-        self.lengths = PromptLengthChecker(settings.data_dir)
+        self.lengths = PromptLengthChecker(ModelCatalog.from_settings(settings))
+        self.outbound = OutboundPolicy.from_settings(settings)  # a bad allowlist fails at startup
         self.poll_ms = poll_ms
 
     def _run(self, run_id: str) -> Run:
-        return self.store.get_run(run_id, current_tenant())
+        """The caller's run; a malformed id is NOT_FOUND like an unknown one (see ``core.identifiers``)."""
+        return self.store.get_run(identifiers.run_id(run_id), current_tenant())
 
     # -- reward endpoints ------------------------------------------------------------------------
     def RegisterRewardEndpoint(
         self, request: pb.RegisterRewardEndpointRequest, context: grpc.ServicerContext
     ) -> pb.RewardEndpoint:
-        if not _ENDPOINT_NAME.match(request.name):
+        identifiers.endpoint_name(request.name)
+        if not _ADDRESS.fullmatch(request.address):
             raise InvalidArgument(
-                f"endpoint name {request.name!r} must be 1-64 letters, digits, '.', '_' or '-'"
+                f"endpoint address {quote(request.address)} must be host:port, e.g. 127.0.0.1:50052"
             )
-        if not _ADDRESS.match(request.address):
-            raise InvalidArgument(
-                f"endpoint address {request.address!r} must be host:port, e.g. 127.0.0.1:50052"
-            )
-        if request.timeout_s < 0:
+        if not math.isfinite(request.timeout_s) or request.timeout_s < 0:
             raise InvalidArgument(f"timeout_s must be >= 0 (0: the server default), got {request.timeout_s}")
+        self.outbound.check_address(request.address, f"reward endpoint {quote(request.name)}")
         endpoint = RewardEndpointInfo(
             name=request.name,
             address=request.address,
             timeout_s=request.timeout_s or self.settings.reward_timeout_s,
+            tls=request.tls,
+            tls_ca=convert.endpoint_ca_from_request(request),
         )
         return convert.endpoint_to_proto(self.store.register_endpoint(current_tenant(), endpoint))
 
@@ -85,10 +91,18 @@ class PolicyOptimizerServicer(pb_grpc.PolicyOptimizerServicer):
         if folded is not config:
             spec = methods.with_teacher_coef(spec, config.teacher.coef)
         config = replace(folded, resolved_method=methods.pin(spec))
-        if config.reward_endpoint:
-            self.store.get_endpoint(current_tenant(), config.reward_endpoint)
+        self._check_outbound(config)  # the reward endpoint must exist, and both endpoints be allowed
         self.lengths.model(config.base_model)  # the model must resolve and its tokenizer load
         return convert.run_to_proto(self.store.create_run(current_tenant(), config))
+
+    def _check_outbound(self, config: RunConfig) -> None:
+        """The run's endpoints against the outbound policy as it is now (it may have changed since)."""
+        if config.reward_endpoint:
+            endpoint = self.store.get_endpoint(current_tenant(), config.reward_endpoint)
+            self.outbound.check_address(endpoint.address, f"reward endpoint {quote(endpoint.name)}")
+        if config.teacher.endpoint:
+            _, host, port = parse_base_url(config.teacher.endpoint)
+            self.outbound.check(host, port, "teacher.endpoint")
 
     def GetRun(self, request: pb.GetRunRequest, context: grpc.ServicerContext) -> pb.Run:
         return convert.run_to_proto(self._run(request.run_id))
@@ -104,7 +118,11 @@ class PolicyOptimizerServicer(pb_grpc.PolicyOptimizerServicer):
     def WatchRun(self, request: pb.WatchRunRequest, context: grpc.ServicerContext) -> Iterator[pb.RunEvent]:
         self._run(request.run_id)
         for event in streams.run_events(
-            self.store, request.run_id, request.after_event_id, context.is_active, self.poll_ms
+            self.store,
+            request.run_id,
+            identifiers.event_id(request.after_event_id),
+            context.is_active,
+            self.poll_ms,
         ):
             yield convert.event_to_proto(event)
 
@@ -185,7 +203,7 @@ class PolicyOptimizerServicer(pb_grpc.PolicyOptimizerServicer):
         self, request: pb.PullAdapterRequest, context: grpc.ServicerContext
     ) -> Iterator[pb.AdapterChunk]:
         self._run(request.run_id)
-        manifest = self.store.get_version(request.run_id, streams.parse_version(request.version))
+        manifest = self.store.get_version(request.run_id, identifiers.version(request.version))
         directory = self.adapters.open_version(manifest.run_id, manifest.version)
         first: pb.AdapterVersion | None = convert.manifest_to_proto(manifest)
         for name, data, last, sha256 in streams.file_chunks(directory, manifest):

@@ -10,22 +10,14 @@ import hashlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from policyopt.core.errors import FailedPrecondition, InvalidArgument
+from policyopt.core.errors import FailedPrecondition
+from policyopt.core.identifiers import is_plain_file_name, quote
 from policyopt.core.types import AdapterManifest, RunEvent, RunStatus
 from policyopt.state.connection import text
 from policyopt.state.runs import PUBLISHED_STREAM, RunStore
 
 CHUNK_BYTES = 1 << 20
 IsActive = Callable[[], bool]
-
-
-def parse_version(text: str) -> int | str:
-    """``"latest"`` (or empty) stays a string; anything else must be a positive integer."""
-    if text in ("", "latest"):
-        return "latest"
-    if not text.isdigit() or int(text) < 1:
-        raise InvalidArgument(f"version must be 'latest' or a positive integer, got {text!r}")
-    return int(text)
 
 
 def _is_running(store: RunStore, run_id: str) -> bool:
@@ -35,7 +27,8 @@ def _is_running(store: RunStore, run_id: str) -> bool:
 def run_events(
     store: RunStore, run_id: str, after_id: str, is_active: IsActive, poll_ms: int
 ) -> Iterator[RunEvent]:
-    """Events after ``after_id``, following the run until it ends or the client leaves."""
+    """Events after ``after_id`` (checked by ``identifiers.event_id``), following the run until it ends or
+    the client leaves."""
     cursor = after_id or "0"
     while is_active():
         events = store.read_events(run_id, cursor, block_ms=poll_ms)
@@ -72,11 +65,11 @@ def new_versions(
 def file_chunks(directory: Path, manifest: AdapterManifest) -> Iterator[tuple[str, bytes, bool, str]]:
     """(file name, data, last, sha256 on the last chunk) for every file of the manifest, in name order."""
     for name in sorted(manifest.files):
-        path = directory / name
-        if Path(name).name != name or name in ("", ".", ".."):
+        if not is_plain_file_name(name):
             raise FailedPrecondition(
-                f"manifest of {manifest.run_id} v{manifest.version} names an unsafe file {name!r}"
+                f"manifest of {manifest.run_id} v{manifest.version} names an unsafe file {quote(name)}"
             )
+        path = directory / name
         if not path.is_file():
             raise FailedPrecondition(
                 f"adapter file {name} of run {manifest.run_id} version {manifest.version} is missing from "

@@ -9,8 +9,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from policyopt.core.errors import InvalidArgument, NotFound
+from policyopt.core.identifiers import ENDPOINT_NAME_RULE, is_endpoint_name, quote
+from policyopt.core.outbound import parse_base_url
 from policyopt.core.types import Run, RunConfig
-from policyopt.models import context_length, encode_user_prompt, resolve_base_model, vocab_size
+from policyopt.models import ModelCatalog, context_length, encode_user_prompt, vocab_size
 from policyopt.server.convert import GroupInput, TrajectoryInput, TurnInput, shared_prompt_length
 
 if TYPE_CHECKING:
@@ -26,15 +28,16 @@ def validate_run_config(config: RunConfig) -> None:
         (config.group_size >= 2, f"group_size must be at least 2 (completions per prompt compared against each other), got {config.group_size}"),
         (config.prompts_per_step >= 1, f"prompts_per_step must be at least 1, got {config.prompts_per_step}"),
         (config.max_new_tokens >= 1, f"max_new_tokens must be at least 1, got {config.max_new_tokens}"),
-        (config.temperature >= 0, f"temperature must be >= 0 (0 is greedy), got {config.temperature}"),
+        (0 <= config.temperature < math.inf, f"temperature must be finite and >= 0 (0 is greedy), got {config.temperature}"),
         (0 < config.top_p <= 1, f"top_p must be in (0, 1], got {config.top_p}"),
-        (config.learning_rate > 0, f"learning_rate must be > 0, got {config.learning_rate}"),
+        (0 < config.learning_rate < math.inf, f"learning_rate must be finite and > 0, got {config.learning_rate}"),
         (config.lora_rank >= 1, f"lora.rank must be at least 1, got {config.lora_rank}"),
         (config.lora_alpha >= 1, f"lora.alpha must be at least 1, got {config.lora_alpha}"),
         (0 <= config.lora_dropout < 1, f"lora.dropout must be in [0, 1), got {config.lora_dropout}"),
         (config.max_steps >= 0, f"max_steps must be >= 0 (0: as long as prompts arrive), got {config.max_steps}"),
         (config.max_staleness >= 0, f"max_staleness must be >= 0, got {config.max_staleness}"),
-        (config.engine in ENGINES, f"engine must be one of {list(ENGINES)}, got {config.engine!r}"),
+        (config.engine in ENGINES, f"engine must be one of {list(ENGINES)}, got {quote(config.engine)}"),
+        (not config.reward_endpoint or is_endpoint_name(config.reward_endpoint), f"reward_endpoint {quote(config.reward_endpoint)} is not an endpoint name: {ENDPOINT_NAME_RULE}"),
     ]  # fmt: skip
     problems = [message for ok, message in checks if not ok]
     if problems:
@@ -49,11 +52,11 @@ def _prompt_length(tokenizer: PreTrainedTokenizerBase, text: str) -> int:
 class PromptLengthChecker:
     """Rejects prompts that do not fit the base model's context with ``max_new_tokens`` to spare.
 
-    Tokenizers load once per model directory and are shared by all calls.
+    Tokenizers load once per model and are shared by all calls; models resolve through ``models``.
     """
 
-    def __init__(self, data_dir: str | Path) -> None:
-        self._data_dir = data_dir
+    def __init__(self, models: ModelCatalog) -> None:
+        self._models = models
         self._lock = threading.Lock()
         self._cache: dict[str, tuple[PreTrainedTokenizerBase, int]] = {}
 
@@ -63,12 +66,13 @@ class PromptLengthChecker:
             if base_model not in self._cache:
                 from transformers import AutoTokenizer
 
-                model_dir = resolve_base_model(base_model, self._data_dir)
+                model_dir = self._model_dir(base_model)
                 try:
                     tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
                 except (OSError, ValueError) as exc:
                     raise InvalidArgument(
-                        f"base_model {base_model!r} has no loadable tokenizer ({exc}); save one beside the weights"
+                        f"base_model {quote(base_model)} has no loadable tokenizer ({quote(str(exc), 200)}); "
+                        "save one beside the weights"
                     ) from exc
                 self._cache[base_model] = (tokenizer, context_length(model_dir))
             return self._cache[base_model]
@@ -80,7 +84,23 @@ class PromptLengthChecker:
 
     def vocab_size(self, model: str) -> int:
         """Rows of the model's embedding (``vocab_size`` in config.json)."""
-        return vocab_size(resolve_base_model(model, self._data_dir))
+        directory = self._model_dir(model)
+        try:
+            return vocab_size(directory)
+        except (OSError, ValueError, TypeError, AttributeError) as exc:
+            raise InvalidArgument(
+                f"model {quote(model)} has no readable config.json ({type(exc).__name__})"
+            ) from exc
+
+    def _model_dir(self, model: str) -> Path:
+        """``ModelCatalog.resolve``, with file-system errors a caller's path causes as InvalidArgument."""
+        try:
+            return self._models.resolve(model)
+        except (OSError, ValueError) as exc:
+            raise InvalidArgument(
+                f"model {quote(model)} cannot be read as a model directory ({type(exc).__name__}: "
+                f"{quote(str(exc), 80)}); give a local path, 'tiny' or 'smollm2'"
+            ) from exc
 
     def check(self, config: RunConfig, prompts: Sequence[str]) -> None:
         tokenizer, context = self.model(config.base_model)
@@ -111,10 +131,12 @@ def validate_teacher(config: RunConfig, needs: frozenset[str], vocab_size: Calla
         raise InvalidArgument(
             f"a teacher is set but method {method!r} does not use one; pick 'grpo_opd' or 'opd', or drop teacher"
         )
-    if teacher.coef < 0:
-        raise InvalidArgument(f"teacher.coef (lambda) must be >= 0 (0: the preset's), got {teacher.coef}")
-    if teacher.endpoint and not teacher.endpoint.startswith(("http://", "https://")):
-        raise InvalidArgument(f"teacher.endpoint must be an http(s) URL, got {teacher.endpoint!r}")
+    if not 0 <= teacher.coef < math.inf:
+        raise InvalidArgument(
+            f"teacher.coef (lambda) must be finite and >= 0 (0: the preset's), got {teacher.coef}"
+        )
+    if teacher.endpoint:
+        parse_base_url(teacher.endpoint, "teacher.endpoint")
     if teacher.model and not teacher.endpoint:
         student, own = vocab_size(config.base_model), vocab_size(teacher.model)
         if student != own:

@@ -1,12 +1,18 @@
-"""Connecting to Redis: ``REDIS_URL`` when set, else the embedded Valkey that the launcher started."""
+"""Connecting to Redis: ``REDIS_URL`` when set, else the embedded Valkey that the launcher started.
+
+An external Redis may need AUTH (``redis://:PASSWORD@host:port/0``, or ``redis://USER:PASSWORD@...``) and
+TLS (``rediss://``, verified against ``POLICYOPT_REDIS_CA`` or the system roots). Messages name the URL
+without its password.
+"""
 
 from __future__ import annotations
 
 from typing import cast
+from urllib.parse import parse_qsl, urlsplit
 
 import redis
 
-from policyopt.core.errors import Unavailable
+from policyopt.core.errors import InvalidArgument, Unavailable
 from policyopt.core.settings import Settings
 
 
@@ -16,18 +22,49 @@ def connect(settings: Settings) -> redis.Redis:
         raise Unavailable(
             "REDIS_URL is unset: start the embedded Valkey with `policyopt up`, or point REDIS_URL at a Redis/Valkey"
         )
-    client = redis.Redis.from_url(settings.redis_url, health_check_interval=30, socket_keepalive=True)
+    where = redact_url(settings.redis_url)
+    client = redis.Redis.from_url(
+        settings.redis_url, health_check_interval=30, socket_keepalive=True, **tls_options(settings)
+    )
     try:
         client.ping()
+    except redis.AuthenticationError as exc:
+        raise Unavailable(
+            f"Redis at {where} refused the credentials ({exc}); put the right password in REDIS_URL "
+            "(redis://:PASSWORD@host:port/0)"
+        ) from exc
     except redis.RedisError as exc:
-        raise Unavailable(f"cannot reach Redis at {settings.redis_url}: {exc}") from exc
+        raise Unavailable(f"cannot reach Redis at {where}: {exc}") from exc
     info = client.info("server")
     version = tuple(int(p) for p in str(info.get("redis_version", "0")).split(".")[:2])
     if version < (6, 2):
-        raise Unavailable(
-            f"Redis at {settings.redis_url} is {info.get('redis_version')}; streams need >= 6.2"
-        )
+        raise Unavailable(f"Redis at {where} is {info.get('redis_version')}; streams need >= 6.2")
     return client
+
+
+def tls_options(settings: Settings) -> dict[str, str]:
+    """``from_url`` options for a ``rediss://`` URL: the CA that signed the Redis's certificate."""
+    if settings.redis_ca and not str(settings.redis_url).startswith("rediss://"):
+        raise InvalidArgument(
+            f"POLICYOPT_REDIS_CA is set but REDIS_URL {redact_url(str(settings.redis_url))} is not rediss://; "
+            "use rediss:// for TLS to Redis"
+        )
+    return {"ssl_ca_certs": settings.redis_ca} if settings.redis_ca else {}
+
+
+def redact_url(url: str) -> str:
+    """``url`` with its password replaced by ``***``, for messages and logs."""
+    parts = urlsplit(url)
+    query = "&".join(
+        f"{name}=***" if name == "password" else f"{name}={value}"
+        for name, value in parse_qsl(parts.query, keep_blank_values=True)
+    )
+    netloc = parts.netloc
+    if parts.password is not None:
+        host = parts.hostname or ""
+        host = f"[{host}]" if ":" in host else host
+        netloc = f"{parts.username or ''}:***@{host}" + (f":{parts.port}" if parts.port is not None else "")
+    return f"{parts.scheme}://{netloc}{parts.path}" + (f"?{query}" if query else "")
 
 
 StreamEntries = list[tuple[bytes, dict[bytes, bytes]]]

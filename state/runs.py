@@ -18,6 +18,7 @@ from dataclasses import replace
 import redis
 
 from policyopt.core.errors import FailedPrecondition, NotFound
+from policyopt.core.identifiers import quote
 from policyopt.core.types import (
     AdapterManifest,
     EventKind,
@@ -62,7 +63,7 @@ class RunStore:
         if raw is None:
             known = sorted(text(n) for n in self.r.hkeys(f"po:tenant:{tenant}:endpoints"))
             raise NotFound(
-                f"reward endpoint {name!r} is not registered; register it with RegisterRewardEndpoint "
+                f"reward endpoint {quote(name)} is not registered; register it with RegisterRewardEndpoint "
                 f"(registered: {known or 'none'})"
             )
         return from_json(RewardEndpointInfo, raw)
@@ -88,11 +89,11 @@ class RunStore:
     def get_run(self, run_id: str, tenant: str | None = None) -> Run:
         """The run; NotFound when it does not exist or belongs to another tenant (no existence leak)."""
         row = self.r.hgetall(_run_key(run_id)) if run_id else {}
-        if not row:
-            raise NotFound(f"run {run_id!r} does not exist; list your runs with ListRuns")
+        if b"data" not in row:  # also a key of another type or shape: never say what else exists
+            raise NotFound(f"run {quote(run_id)} does not exist; list your runs with ListRuns")
         run = from_json(Run, row[b"data"])
         if tenant is not None and run.tenant != tenant:
-            raise NotFound(f"run {run_id!r} does not exist; list your runs with ListRuns")
+            raise NotFound(f"run {quote(run_id)} does not exist; list your runs with ListRuns")
         return replace(
             run,
             version=int(row.get(b"version", 0)),

@@ -71,6 +71,19 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_tiny_model(tmp_path_factory.mktemp("tiny") / "model")
 
 
+def local_allowances(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[str, ...]]:
+    """Settings that let a test's service call loopback endpoints and load models under the session's temp dir."""
+    from policyopt.core.outbound import LOCAL_ALLOWLIST
+
+    return {"endpoint_allowlist": LOCAL_ALLOWLIST, "model_roots": (str(tmp_path_factory.getbasetemp()),)}
+
+
+@pytest.fixture(scope="session")
+def local_policy(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[str, ...]]:
+    """``local_allowances`` as a fixture, for tests that build their own Settings."""
+    return local_allowances(tmp_path_factory)
+
+
 @dataclass(frozen=True)
 class ServerInfo:
     address: str
@@ -79,8 +92,11 @@ class ServerInfo:
 
 
 @pytest.fixture(scope="session")
-def server(valkey_url: str, data_dir: Path) -> Iterator[ServerInfo]:
-    """The gRPC server in-process on a free port, with tenants ``a`` and ``b`` (keys ``key-a``, ``key-b``)."""
+def server(valkey_url: str, data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerInfo]:
+    """The gRPC server in-process on a free port, with tenants ``a`` and ``b`` (keys ``key-a``, ``key-b``).
+
+    It has the local allowances of ``policyopt up`` (reward endpoints on loopback), and the session's
+    temporary directory is a model root, so tests name the tiny model by its path."""
     from policyopt.server.app import build_server
 
     keys = {"a": "key-a", "b": "key-b"}
@@ -89,6 +105,7 @@ def server(valkey_url: str, data_dir: Path) -> Iterator[ServerInfo]:
         api_keys={key: tenant for tenant, key in keys.items()},
         port=0,
         data_dir=str(data_dir),
+        **local_allowances(tmp_path_factory),
     )
     with build_server(settings, max_workers=16, poll_ms=200) as running:
         yield ServerInfo(address=running.address, settings=settings, keys=keys)

@@ -24,7 +24,13 @@ KEY = "e2e-key"
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     data_dir = tmp_path_factory.mktemp("e2e-data")
-    settings = Settings(data_dir=str(data_dir), port=0, api_keys={KEY: "team"}, torch_threads=1)
+    settings = Settings(
+        data_dir=str(data_dir),
+        port=0,
+        api_keys={KEY: "team"},
+        torch_threads=1,
+        model_roots=(str(tmp_path_factory.getbasetemp()),),  # the tiny model, named by its path
+    )
     with start_stack(settings, log_dir=data_dir / "logs") as running:
         yield running
 

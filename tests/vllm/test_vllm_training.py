@@ -65,10 +65,11 @@ class RecordingUpdater:
 @pytest.fixture
 def workers(
     fresh_redis_url: str, fresh_redis: redis.Redis, vllm_server: VLLMServer, tmp_path: Path,
+    local_policy: dict[str, tuple[str, ...]],
 ) -> Iterator[tuple[Settings, list[list[TrajectoryGroup]]]]:  # fmt: skip
     settings = Settings(
         redis_url=fresh_redis_url, data_dir=str(tmp_path / "data"), device="cpu", torch_threads=1,
-        vllm_urls=(vllm_server.url,),
+        vllm_urls=(vllm_server.url,), **local_policy,
     )  # fmt: skip
     steps: list[list[TrajectoryGroup]] = []
     rollout = RolloutWorker(settings, redis_client=fresh_redis)

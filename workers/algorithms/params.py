@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_hints
 
 from policyopt.core.errors import InvalidArgument
+from policyopt.core.identifiers import quote
 
 JSONValue = Any  # a value decoded from JSON or a protobuf Struct
 P = TypeVar("P", bound="Params")
@@ -79,7 +80,7 @@ def coerce_value(value: JSONValue, hint: Any, where: str) -> Any:
         return coerce_value(value, inner[0], where)
     if origin is Literal:
         if value not in get_args(hint):
-            raise InvalidArgument(f"{where} must be {_type_name(hint)}; got {value!r}")
+            raise InvalidArgument(f"{where} must be {_type_name(hint)}; got {quote(value)}")
         return value
     if hint is bool:
         if isinstance(value, bool):
@@ -92,7 +93,7 @@ def coerce_value(value: JSONValue, hint: Any, where: str) -> Any:
             return float(value)
     elif hint is str and isinstance(value, str):
         return value
-    raise InvalidArgument(f"{where} must be {_type_name(hint)}; got {value!r}")
+    raise InvalidArgument(f"{where} must be {_type_name(hint)}; got {quote(value)}")
 
 
 def replace_params(params: P, updates: Mapping[str, JSONValue], where: str) -> P:

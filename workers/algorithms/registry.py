@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
 from policyopt.core.errors import InvalidArgument
+from policyopt.core.identifiers import quote
 from policyopt.workers.algorithms.params import NoParams, Params
 
 if TYPE_CHECKING:
@@ -152,7 +153,7 @@ class Registry(Generic[F]):
             return self._entries[name]
         except KeyError:
             known = ", ".join(sorted(self._entries))
-            raise InvalidArgument(f"unknown {self.path} {name!r}; known: {known}") from None
+            raise InvalidArgument(f"unknown {self.path} {quote(name)}; known: {known}") from None
 
     def names(self) -> list[str]:
         return sorted(self._entries)

@@ -24,6 +24,7 @@ from collections.abc import Mapping
 from typing import Any, TypeVar, get_type_hints
 
 from policyopt.core.errors import InvalidArgument
+from policyopt.core.identifiers import quote
 from policyopt.core.types import MethodChoice, ResolvedMethod, RunConfig
 from policyopt.workers.algorithms.catalog import side_to_overrides
 from policyopt.workers.algorithms.params import JSONValue, coerce_value, replace_params
@@ -45,7 +46,7 @@ def resolve_method(choice: MethodChoice) -> MethodSpec:
     """Preset + overrides on either axis -> a validated MethodSpec; InvalidArgument says what to fix."""
     if choice.preset not in PRESETS:
         raise InvalidArgument(
-            f"unknown method preset {choice.preset!r}; known presets: {', '.join(sorted(PRESETS))}"
+            f"unknown method preset {quote(choice.preset)}; known presets: {', '.join(sorted(PRESETS))}"
         )
     base = PRESETS[choice.preset].spec
     spec = MethodSpec(
@@ -72,7 +73,7 @@ def _build_choice(registry: Registry[Any], value: JSONValue, current: Choice | N
         return Choice(value, registry.get(value).params_type())
     if not isinstance(value, Mapping):
         raise InvalidArgument(
-            f"{where} must be a choice name or an object with 'name' and parameters; got {value!r}"
+            f"{where} must be a choice name or an object with 'name' and parameters; got {quote(value)}"
         )
     fields = dict(value)
     name = fields.pop("name", None)
@@ -81,7 +82,7 @@ def _build_choice(registry: Registry[Any], value: JSONValue, current: Choice | N
             raise InvalidArgument(f"{where} needs a 'name'; known: {', '.join(registry.names())}")
         return Choice(current.name, replace_params(current.params, fields, where))
     if not isinstance(name, str):
-        raise InvalidArgument(f"{where}.name must be a string; got {name!r}")
+        raise InvalidArgument(f"{where}.name must be a string; got {quote(name)}")
     params = replace_params(registry.get(name).params_type(), fields, f"{where}.{name}")
     return Choice(name, params)
 
@@ -135,7 +136,7 @@ def _set_param(side: Side, key: str, value: JSONValue, where: str) -> Side:
     if index is None or not param_name:
         included = ", ".join(m.name for m in members) or "none"
         raise InvalidArgument(
-            f"{where}: {member_name!r} is not in {head} (included: {included}); set {head} first"
+            f"{where}: {quote(member_name)} is not in {head} (included: {included}); set {head} first"
         )
     member = members[index]
     members[index] = Choice(

@@ -41,10 +41,19 @@ class ServedModel:
 class VLLMClient:
     """Blocking calls to one vLLM server at ``base_url`` (``http://host:port``)."""
 
-    def __init__(self, base_url: str, *, timeout_s: float = 600.0, admin_timeout_s: float = 60.0) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        timeout_s: float = 600.0,
+        admin_timeout_s: float = 60.0,
+        opener: urllib.request.OpenerDirector | None = None,
+    ) -> None:
+        """``opener``: how requests go out (``workers.pinned_http`` for a tenant's server); default urlopen."""
         self.base_url = base_url.rstrip("/")
         self.timeout_s = timeout_s
         self.admin_timeout_s = admin_timeout_s
+        self._open = opener.open if opener is not None else urllib.request.urlopen
 
     def __repr__(self) -> str:
         return f"VLLMClient({self.base_url!r})"
@@ -59,7 +68,7 @@ class VLLMClient:
             self.base_url + path, data=data, method=method, headers={"Content-Type": "application/json"}
         )
         try:
-            with urllib.request.urlopen(req, timeout=timeout_s or self.timeout_s) as reply:
+            with self._open(req, timeout=timeout_s or self.timeout_s) as reply:
                 raw = reply.read()
         except urllib.error.HTTPError as exc:
             raise _http_error(self.base_url, path, exc.code, exc.read()) from exc

@@ -2,6 +2,12 @@
 
 This module is the rollout worker's only protobuf edge: it takes and returns plain Python values.
 Every failure leaves it as ``RewardEndpointError`` with a message that says what to fix.
+
+The endpoint is a tenant's address, so its replies are not trusted: the address passes the outbound policy
+again before each connection (``core.outbound``; the channel goes to the checked IP, so DNS rebinding cannot
+move it), and a failed call becomes one message written here, whatever the endpoint answered. A closed
+port, an HTTP server, a Redis and a gRPC server without RewardService look the same to the tenant; the
+status and its details go to this worker's log only.
 """
 
 from __future__ import annotations
@@ -16,15 +22,24 @@ import grpc
 from google.protobuf import struct_pb2
 
 from policyopt.core.errors import RewardEndpointError
+from policyopt.core.outbound import OutboundPolicy, connect_target, split_host_port
 from policyopt.core.settings import Settings
 from policyopt.core.types import JSONValue, RewardEndpointInfo
 from policyopt.v1 import reward_pb2, reward_pb2_grpc
 
 log = logging.getLogger(__name__)
 
+# UNIMPLEMENTED (a gRPC server without RewardService) is retried like a closed port, so the two take as long.
 TRANSIENT_CODES = frozenset(
-    {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.RESOURCE_EXHAUSTED}
+    {
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        grpc.StatusCode.UNIMPLEMENTED,
+    }
 )
+RESOLVE_EVERY_S = 30.0
+"""How long a checked address is used before the endpoint's host is resolved and checked again."""
 # Reconnect quickly after an endpoint restarts instead of sitting in gRPC's default 1-120 s backoff.
 _CHANNEL_OPTIONS = [
     ("grpc.initial_reconnect_backoff_ms", 200),
@@ -55,8 +70,10 @@ class RewardClient:
         self.retries = settings.reward_retries
         self.backoff_s = backoff_s
         self.max_backoff_s = max_backoff_s
-        self._channels: dict[str, grpc.Channel] = {}
+        self._channels: dict[tuple[str, str, bool, str], grpc.Channel] = {}
+        self._targets: dict[str, tuple[str, float]] = {}  # address -> (checked ip:port, when)
         self._lock = threading.Lock()
+        self.outbound = OutboundPolicy.from_settings(settings)
 
     def score(self, endpoint: RewardEndpointInfo, group: ScoreInput) -> list[float]:
         """One finite score per completion; RewardEndpointError when the endpoint cannot give them."""
@@ -71,11 +88,29 @@ class RewardClient:
                 channel.close()
             self._channels.clear()
 
-    def _stub(self, address: str) -> reward_pb2_grpc.RewardServiceStub:
+    def _stub(self, endpoint: RewardEndpointInfo) -> reward_pb2_grpc.RewardServiceStub:
+        target = self._target(endpoint)
+        # re-registering with a new CA, or the host resolving elsewhere: a new channel
+        key = (endpoint.address, target, endpoint.tls, endpoint.tls_ca)
         with self._lock:
-            if address not in self._channels:
-                self._channels[address] = grpc.insecure_channel(address, options=_CHANNEL_OPTIONS)
-            return reward_pb2_grpc.RewardServiceStub(self._channels[address])
+            if key not in self._channels:
+                self._channels[key] = _open_channel(endpoint, target)
+            return reward_pb2_grpc.RewardServiceStub(self._channels[key])
+
+    def _target(self, endpoint: RewardEndpointInfo) -> str:
+        """The checked ``ip:port`` to connect to; PermissionDenied when the policy refuses the address now."""
+        with self._lock:
+            cached = self._targets.get(endpoint.address)
+        if cached is not None and time.monotonic() - cached[1] < RESOLVE_EVERY_S:
+            return cached[0]
+        host, port = split_host_port(endpoint.address)
+        ip = self.outbound.connect_host(host, port, f"reward endpoint {endpoint.name!r}")
+        target = connect_target(ip, port)
+        with self._lock:
+            self._targets[endpoint.address] = (target, time.monotonic())
+            for key in [k for k in self._channels if k[0] == endpoint.address and k[1] != target]:
+                self._channels.pop(key).close()
+        return target
 
     def _call_with_retries(
         self, endpoint: RewardEndpointInfo, request: reward_pb2.ScoreRequest, timeout_s: float
@@ -83,22 +118,35 @@ class RewardClient:
         attempts = 1 + max(0, self.retries)
         for attempt in range(attempts):
             try:
-                response: reward_pb2.ScoreResponse = self._stub(endpoint.address).Score(
-                    request, timeout=timeout_s
-                )
+                response: reward_pb2.ScoreResponse = self._stub(endpoint).Score(request, timeout=timeout_s)
                 return response
             except grpc.RpcError as exc:
                 code = exc.code() if isinstance(exc, grpc.Call) else grpc.StatusCode.UNKNOWN
                 details = exc.details() if isinstance(exc, grpc.Call) else str(exc)
-                if code not in TRANSIENT_CODES:
-                    raise _permanent_error(endpoint, code, details) from exc
-                if attempt + 1 == attempts:
-                    raise _exhausted_error(endpoint, code, details, attempts, timeout_s) from exc
+                if code not in TRANSIENT_CODES or attempt + 1 == attempts:
+                    log.warning("reward endpoint %s at %s failed after %d attempts: %s (%s)", endpoint.name,
+                                endpoint.address, attempt + 1, code.name, details)  # fmt: skip
+                    raise _call_error(endpoint, timeout_s, transient=code in TRANSIENT_CODES) from exc
                 delay = min(self.max_backoff_s, self.backoff_s * 2**attempt)
                 log.warning("reward endpoint %s: %s (%s); retry %d in %.2fs", endpoint.name, code.name, details,
                             attempt + 1, delay)  # fmt: skip
                 time.sleep(delay)
         raise AssertionError("unreachable")
+
+
+def _open_channel(endpoint: RewardEndpointInfo, target: str = "") -> grpc.Channel:
+    """A channel to ``target`` (default: the endpoint's address): TLS for endpoints registered with
+    ``tls``, verified against their CA (else the system roots) and always for the registered host name,
+    also when ``target`` is the address that name was checked to resolve to."""
+    target = target or endpoint.address
+    if not endpoint.tls:
+        return grpc.insecure_channel(target, options=_CHANNEL_OPTIONS)
+    options: list[tuple[str, int | str]] = [*_CHANNEL_OPTIONS]
+    if target != endpoint.address:
+        host = endpoint.address.rsplit(":", 1)[0].strip("[]")
+        options.append(("grpc.ssl_target_name_override", host))
+    credentials = grpc.ssl_channel_credentials(root_certificates=endpoint.tls_ca.encode() or None)
+    return grpc.secure_channel(target, credentials, options=options)
 
 
 def _to_request(group: ScoreInput) -> reward_pb2.ScoreRequest:
@@ -135,29 +183,16 @@ def _check_scores(endpoint: RewardEndpointInfo, scores: list[float], expected: i
     return [float(s) for s in scores]
 
 
-def _permanent_error(
-    endpoint: RewardEndpointInfo, code: grpc.StatusCode, details: str | None
-) -> RewardEndpointError:
+def _call_error(endpoint: RewardEndpointInfo, timeout_s: float, *, transient: bool) -> RewardEndpointError:
+    """One message for every failed call, written here: nothing the endpoint sent reaches the tenant."""
+    tls = ", is not serving TLS with a certificate for its address that the registered tls_ca signed"
+    tls = tls if endpoint.tls else ""
     return RewardEndpointError(
-        f"reward endpoint {endpoint.name!r} at {endpoint.address} failed with {code.name}: {details or 'no details'}; "
-        "fix the reward function (its traceback is in the endpoint's log)"
-    )
-
-
-def _exhausted_error(
-    endpoint: RewardEndpointInfo, code: grpc.StatusCode, details: str | None, attempts: int, timeout_s: float
-) -> RewardEndpointError:
-    if code == grpc.StatusCode.DEADLINE_EXCEEDED:
-        hint = (
-            f"each call ran past its {timeout_s:g}s deadline; make the reward function faster or register the "
-            "endpoint with a longer timeout"
-        )
-    else:
-        hint = "check that the reward server is running and its registered address is reachable from the rollout worker"
-    return RewardEndpointError(
-        f"reward endpoint {endpoint.name!r} at {endpoint.address} failed {attempts} times ({code.name}: "
-        f"{details or 'no details'}); {hint}",
-        transient=True,
+        f"reward endpoint {endpoint.name!r} at {endpoint.address} could not score the group: it is unreachable "
+        f"from the rollout workers, is not a policyopt.v1.RewardService{tls}, ran past its {timeout_s:g}s "
+        "deadline, or its reward function failed; the endpoint's own log shows which (a slow reward function: "
+        "register the endpoint with a longer timeout)",
+        transient=transient,
     )
 
 

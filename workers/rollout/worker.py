@@ -43,7 +43,7 @@ from policyopt.core.types import (
     Trajectory,
     TrajectoryGroup,
 )
-from policyopt.models import resolve_base_model
+from policyopt.models import ModelCatalog
 from policyopt.state import AdapterStore, LocalAdapterStore
 from policyopt.state.connection import connect
 from policyopt.state.queue import WorkQueue, consumer_name
@@ -79,6 +79,7 @@ class RolloutWorker:
         self.store = RunStore(self.r)
         self.adapters = adapter_store or LocalAdapterStore(settings.adapter_root)
         self.rewards = RewardClient(settings)
+        self.models = ModelCatalog.from_settings(settings)
         self.consumer = consumer or consumer_name("rollout")
         self.max_engines = max_engines
         self.batch_prompts = batch_prompts
@@ -258,7 +259,7 @@ class RolloutWorker:
 
     def _engine(self, config: RunConfig) -> RolloutEngine:
         """The engine for the run's base model, loaded once; the least recently used beyond max_engines closes."""
-        model_dir = resolve_base_model(config.base_model, self.settings.data_dir)
+        model_dir = self.models.resolve(config.base_model)
         key = (config.engine, model_dir)
         if key not in self._engines:
             while len(self._engines) >= self.max_engines:

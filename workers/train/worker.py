@@ -18,6 +18,7 @@ from pathlib import Path
 import redis
 
 from policyopt.core.errors import PolicyOptError
+from policyopt.core.outbound import OutboundPolicy
 from policyopt.core.settings import Settings
 from policyopt.core.telemetry import span_from, tracer
 from policyopt.core.types import (
@@ -27,6 +28,7 @@ from policyopt.core.types import (
     RunStatus,
     TrajectoryGroup,
 )
+from policyopt.models import ModelCatalog
 from policyopt.state import AdapterStore, LocalAdapterStore, RunStore, WorkQueue, connect, consumer_name
 from policyopt.workers.algorithms import pin_method
 from policyopt.workers.placement import configure_threads, resolve_placement
@@ -82,6 +84,8 @@ class TrainerWorker:
         self.consumer = consumer_name("trainer")
         self.leases = LeaseKeeper(self.r, self.consumer, lease_ttl_ms)
         self.placement = resolve_placement(settings.device)
+        self.models = ModelCatalog.from_settings(settings)
+        self.outbound = OutboundPolicy.from_settings(settings)
         self.threads = configure_threads(settings.torch_threads)
         self.block_ms = block_ms
         self.max_runs = max_runs
@@ -340,6 +344,8 @@ class TrainerWorker:
             store=self.store,
             checkpoints=self.checkpoints,
             updater_factory=self._updater_factory,
+            models=self.models,
+            outbound=self.outbound,
         )
         self._sessions[run_id] = session
         log.info("run %s: training from version %d", run_id, version)

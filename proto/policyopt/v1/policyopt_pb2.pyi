@@ -46,24 +46,32 @@ TURN_ROLE_MODEL: TurnRole
 TURN_ROLE_ENVIRONMENT: TurnRole
 
 class RegisterRewardEndpointRequest(_message.Message):
-    __slots__ = ("name", "address", "timeout_s")
+    __slots__ = ("name", "address", "timeout_s", "tls", "tls_ca")
     NAME_FIELD_NUMBER: _ClassVar[int]
     ADDRESS_FIELD_NUMBER: _ClassVar[int]
     TIMEOUT_S_FIELD_NUMBER: _ClassVar[int]
+    TLS_FIELD_NUMBER: _ClassVar[int]
+    TLS_CA_FIELD_NUMBER: _ClassVar[int]
     name: str
     address: str
     timeout_s: float
-    def __init__(self, name: _Optional[str] = ..., address: _Optional[str] = ..., timeout_s: _Optional[float] = ...) -> None: ...
+    tls: bool
+    tls_ca: str
+    def __init__(self, name: _Optional[str] = ..., address: _Optional[str] = ..., timeout_s: _Optional[float] = ..., tls: _Optional[bool] = ..., tls_ca: _Optional[str] = ...) -> None: ...
 
 class RewardEndpoint(_message.Message):
-    __slots__ = ("name", "address", "timeout_s")
+    __slots__ = ("name", "address", "timeout_s", "tls", "tls_ca")
     NAME_FIELD_NUMBER: _ClassVar[int]
     ADDRESS_FIELD_NUMBER: _ClassVar[int]
     TIMEOUT_S_FIELD_NUMBER: _ClassVar[int]
+    TLS_FIELD_NUMBER: _ClassVar[int]
+    TLS_CA_FIELD_NUMBER: _ClassVar[int]
     name: str
     address: str
     timeout_s: float
-    def __init__(self, name: _Optional[str] = ..., address: _Optional[str] = ..., timeout_s: _Optional[float] = ...) -> None: ...
+    tls: bool
+    tls_ca: str
+    def __init__(self, name: _Optional[str] = ..., address: _Optional[str] = ..., timeout_s: _Optional[float] = ..., tls: _Optional[bool] = ..., tls_ca: _Optional[str] = ...) -> None: ...
 
 class ListRewardEndpointsRequest(_message.Message):
     __slots__ = ()

@@ -9,6 +9,7 @@ import pytest
 from support.rollout import ScriptedRewardService, dead_address, flaky, reward_server, slow
 
 from policyopt.core.errors import RewardEndpointError
+from policyopt.core.outbound import LOCAL_ALLOWLIST
 from policyopt.core.settings import Settings
 from policyopt.core.types import RewardEndpointInfo
 from policyopt.workers.rollout.reward_client import RewardClient, ScoreInput
@@ -24,7 +25,10 @@ GROUP = ScoreInput(
 
 
 def make_client(retries: int = 2, timeout_s: float = 5.0) -> RewardClient:
-    return RewardClient(Settings(reward_retries=retries, reward_timeout_s=timeout_s), backoff_s=0.01)
+    settings = Settings(
+        reward_retries=retries, reward_timeout_s=timeout_s, endpoint_allowlist=LOCAL_ALLOWLIST
+    )
+    return RewardClient(settings, backoff_s=0.01)
 
 
 def test_scores_come_back_in_order_and_the_request_carries_the_group() -> None:
@@ -69,19 +73,30 @@ def test_transient_failures_are_retried(code: grpc.StatusCode) -> None:
     assert len(service.requests) == 3
 
 
-def test_permanent_failures_are_not_retried() -> None:
-    service = ScriptedRewardService(fn=flaky(5, grpc.StatusCode.INTERNAL))
-    with reward_server(service) as address, pytest.raises(RewardEndpointError, match="INTERNAL"):
+def test_permanent_failures_are_not_retried_and_their_details_stay_in_the_log(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    def secret(_request: object, context: grpc.ServicerContext) -> list[float]:
+        context.abort(grpc.StatusCode.INTERNAL, "SECRET-DETAIL")
+        return []
+
+    service = ScriptedRewardService(fn=secret)
+    with (
+        reward_server(service) as address,
+        pytest.raises(RewardEndpointError, match="could not score") as info,
+    ):
         make_client(retries=3).score(RewardEndpointInfo("ep", address), GROUP)
     assert len(service.requests) == 1
+    assert "SECRET" not in str(info.value) and "INTERNAL" not in str(info.value)
+    assert "SECRET-DETAIL" in caplog.text  # the operator still sees it
 
 
 def test_dead_endpoint_fails_after_retries_with_the_address() -> None:
     address = dead_address()
-    with pytest.raises(RewardEndpointError, match="failed 3 times") as info:
+    with pytest.raises(RewardEndpointError, match="could not score") as info:
         make_client(retries=2, timeout_s=1.0).score(RewardEndpointInfo("ep", address), GROUP)
     assert address in str(info.value)
-    assert "reachable" in str(info.value)
+    assert "unreachable" in str(info.value) and info.value.transient
 
 
 def test_a_slow_endpoint_runs_into_its_deadline() -> None:

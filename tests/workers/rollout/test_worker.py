@@ -40,10 +40,10 @@ TENANT = "acme"
 
 
 @pytest.fixture
-def settings(fresh_redis_url: str, tmp_path: Path) -> Settings:
+def settings(fresh_redis_url: str, tmp_path: Path, local_policy: dict[str, tuple[str, ...]]) -> Settings:
     return Settings(
         redis_url=fresh_redis_url, data_dir=str(tmp_path), device="cpu", torch_threads=1,
-        reward_retries=1, reward_timeout_s=2.0, claim_idle_ms=60000,
+        reward_retries=1, reward_timeout_s=2.0, claim_idle_ms=60000, **local_policy,
     )  # fmt: skip
 
 
@@ -159,7 +159,7 @@ def test_a_dead_endpoint_is_an_error_after_retries(
     submit(fresh_redis, run_id, n=1)
     make_worker(settings, fresh_redis).process_one(block_ms=100)
     (message,) = error_messages(fresh_redis, run_id)
-    assert "failed 2 times" in message and "reachable" in message
+    assert "could not score" in message and "unreachable" in message
     assert queued_groups(fresh_redis, run_id) == [] and pending_prompts(fresh_redis) == 0
 
 
@@ -300,7 +300,9 @@ def test_sigterm_lets_the_worker_process_exit_cleanly(
     _, address = service
     run_id = create_run(fresh_redis, tiny_model_dir, address)
     env = {**os.environ, "REDIS_URL": settings.redis_url or "", "POLICYOPT_DATA_DIR": settings.data_dir,
-           "POLICYOPT_TORCH_THREADS": "1", "POLICYOPT_DEVICE": "cpu"}  # fmt: skip
+           "POLICYOPT_TORCH_THREADS": "1", "POLICYOPT_DEVICE": "cpu",
+           "POLICYOPT_ENDPOINT_ALLOWLIST": ",".join(settings.endpoint_allowlist),
+           "POLICYOPT_MODEL_ROOTS": os.pathsep.join(settings.model_roots)}  # fmt: skip
     proc = subprocess.Popen([sys.executable, "-m", "policyopt.workers.rollout"], env=env)
     try:
         submit(fresh_redis, run_id, n=1)

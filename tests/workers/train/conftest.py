@@ -16,7 +16,9 @@ if TYPE_CHECKING:
 
 
 @pytest.fixture
-def trainer_env(fresh_redis_url: str, tiny_model_dir: Path, tmp_path: Path) -> Iterator[TrainerEnv]:
+def trainer_env(
+    fresh_redis_url: str, tiny_model_dir: Path, tmp_path: Path, local_policy: dict[str, tuple[str, ...]]
+) -> Iterator[TrainerEnv]:
     """An empty Redis database, settings for trainers on it, and the session's tiny model (read-only)."""
     from support.trainer import TrainerEnv
 
@@ -27,6 +29,7 @@ def trainer_env(fresh_redis_url: str, tiny_model_dir: Path, tmp_path: Path) -> I
         device="cpu",
         torch_threads=1,
         claim_idle_ms=60000,
+        **local_policy,
     )
     env = TrainerEnv(settings=settings, r=client, model_dir=tiny_model_dir)
     yield env

@@ -46,6 +46,7 @@ class Trainers:
             "POLICYOPT_TORCH_THREADS": "1",
             "POLICYOPT_TRAINER_LEASE_MS": "1500",
             "POLICYOPT_LOG_LEVEL": "INFO",
+            "POLICYOPT_MODEL_ROOTS": os.pathsep.join(self.env.settings.model_roots),
             "PYTHONUNBUFFERED": "1",
             **hooks,
         })  # fmt: skip
