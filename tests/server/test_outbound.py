@@ -3,12 +3,11 @@ network. Real listeners (an HTTP server, a gRPC RewardService) on loopback show 
 
 from __future__ import annotations
 
-import http.server
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from support.http import SecretHTTPServer, secret_http_server
 
 from policyopt.client import Client, InvalidArgument, PermissionDenied, RewardServer
 from policyopt.core.settings import Settings
@@ -16,43 +15,10 @@ from policyopt.core.settings import Settings
 KEY = "outbound-key"
 
 
-class RecordingHTTPServer(http.server.ThreadingHTTPServer):
-    """Answers every request with 500 and a secret body, and records the paths it was asked for."""
-
-    def __init__(self) -> None:
-        self.paths: list[str] = []
-        super().__init__(("127.0.0.1", 0), _SecretHandler)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.server_address[1]}"
-
-
-class _SecretHandler(http.server.BaseHTTPRequestHandler):
-    server: RecordingHTTPServer
-
-    def _answer(self) -> None:
-        self.server.paths.append(self.path)
-        body = b'{"error": {"message": "SECRET-BODY internal token abc123"}}'
-        self.send_response(500)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    do_GET = do_POST = _answer
-
-    def log_message(self, *args: object) -> None:
-        pass
-
-
 @pytest.fixture
-def http_listener() -> Iterator[RecordingHTTPServer]:
-    server = RecordingHTTPServer()
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield server
-    server.shutdown()
-    server.server_close()
+def http_listener() -> Iterator[SecretHTTPServer]:
+    with secret_http_server(500, b'{"error": {"message": "SECRET-BODY internal token abc123"}}') as server:
+        yield server
 
 
 @pytest.fixture
@@ -90,7 +56,7 @@ def serve_client(
 
 def test_serve_refuses_reward_endpoints_on_loopback_link_local_and_port_0(
     serve_client: Client,
-    http_listener: RecordingHTTPServer,
+    http_listener: SecretHTTPServer,
     grpc_listener: tuple[RewardServer, list[str]],
 ) -> None:
     endpoint, calls = grpc_listener
@@ -103,7 +69,7 @@ def test_serve_refuses_reward_endpoints_on_loopback_link_local_and_port_0(
 
 
 def test_serve_refuses_a_teacher_endpoint_on_loopback_without_calling_it(
-    serve_client: Client, http_listener: RecordingHTTPServer, tiny_model_dir: Path
+    serve_client: Client, http_listener: SecretHTTPServer, tiny_model_dir: Path
 ) -> None:
     with pytest.raises(PermissionDenied, match="teacher.endpoint .*POLICYOPT_ENDPOINT_ALLOWLIST"):
         serve_client.create_run(
@@ -113,7 +79,7 @@ def test_serve_refuses_a_teacher_endpoint_on_loopback_without_calling_it(
 
 
 def test_a_teacher_endpoint_with_a_query_cannot_choose_the_path(
-    client_a: Client, http_listener: RecordingHTTPServer, tiny_model_dir: Path
+    client_a: Client, http_listener: SecretHTTPServer, tiny_model_dir: Path
 ) -> None:
     """``http://host/admin/delete?q=`` would turn the service's ``/v1/completions`` into a query string."""
     for url in (f"{http_listener.url}/admin/delete?q=", f"{http_listener.url}/#", "http://u:p@127.0.0.1:1"):

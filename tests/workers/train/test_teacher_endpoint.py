@@ -3,12 +3,11 @@ run's error and events carry the service's own reason."""
 
 from __future__ import annotations
 
-import http.server
 import json
-import threading
 from collections.abc import Iterator
 
 import pytest
+from support.http import secret_http_server
 from support.trainer import TrainerEnv
 
 from policyopt.core.types import MethodChoice, RunStatus, TeacherConfig
@@ -19,27 +18,10 @@ from policyopt.workers.train.worker import MAX_UPDATE_FAILURES
 SECRET = "SECRET-TEACHER-BODY token=abc123"
 
 
-class _SecretTeacher(http.server.BaseHTTPRequestHandler):
-    def _answer(self) -> None:
-        body = json.dumps({"error": {"message": SECRET}}).encode()
-        self.send_response(400)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    do_GET = do_POST = _answer
-
-    def log_message(self, *args: object) -> None:
-        pass
-
-
 @pytest.fixture
 def secret_teacher() -> Iterator[str]:
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _SecretTeacher)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    server.server_close()
+    with secret_http_server(400, json.dumps({"error": {"message": SECRET}}).encode()) as server:
+        yield server.url
 
 
 def test_a_teacher_endpoints_error_body_never_reaches_the_run(
