@@ -49,6 +49,11 @@ def _sequence_log_ratio(log_ratio_B_T: Tensor, mask_B_T: Tensor, mean: bool) -> 
     return total_B / mask_B_T.sum(-1).clamp(min=1.0) if mean else total_B
 
 
+def _token_ratio(old_logp_B_T: Tensor, sampler_logp_B_T: Tensor, mask_B_T: Tensor) -> Tensor:
+    """rho_t = pi_old / pi_sampler per token, its log clamped so exp stays finite."""
+    return torch.exp(_log_ratio(old_logp_B_T, sampler_logp_B_T, mask_B_T).clamp(max=_MAX_LOG_RATIO))
+
+
 @MISMATCH_CORRECTIONS.register(
     "none", params=NoParams, rationale="Trust the sampler's log-probs as on-policy."
 )
@@ -66,7 +71,7 @@ def correct_token_tis(
     old_logp_B_T: Tensor, sampler_logp_B_T: Tensor, mask_B_T: Tensor, params: TruncationParams
 ) -> tuple[Tensor, TokenMetrics]:
     """w_t = min(rho_t, cap)."""
-    rho_B_T = torch.exp(_log_ratio(old_logp_B_T, sampler_logp_B_T, mask_B_T).clamp(max=_MAX_LOG_RATIO))
+    rho_B_T = _token_ratio(old_logp_B_T, sampler_logp_B_T, mask_B_T)
     weights_B_T = rho_B_T.clamp(max=params.cap)
     return weights_B_T, {"trajectory/mismatch_truncated_fraction": (rho_B_T > params.cap).float()}
 
@@ -78,7 +83,7 @@ def correct_token_mask(
     old_logp_B_T: Tensor, sampler_logp_B_T: Tensor, mask_B_T: Tensor, params: MaskingParams
 ) -> tuple[Tensor, TokenMetrics]:
     """w_t = 1[low <= rho_t <= high]."""
-    rho_B_T = torch.exp(_log_ratio(old_logp_B_T, sampler_logp_B_T, mask_B_T).clamp(max=_MAX_LOG_RATIO))
+    rho_B_T = _token_ratio(old_logp_B_T, sampler_logp_B_T, mask_B_T)
     weights_B_T = ((rho_B_T >= params.low) & (rho_B_T <= params.high)).float()
     return weights_B_T, {"trajectory/mismatch_masked_fraction": 1.0 - weights_B_T}
 
@@ -93,7 +98,7 @@ def correct_token_masked_is(
 ) -> tuple[Tensor, TokenMetrics]:
     """w_t = rho_t 1[low <= rho_t <= high]: unbiased where kept, and a very stale token is dropped rather than
     truncated. Fu et al. 2025 (AReaL), arXiv:2505.24298."""
-    rho_B_T = torch.exp(_log_ratio(old_logp_B_T, sampler_logp_B_T, mask_B_T).clamp(max=_MAX_LOG_RATIO))
+    rho_B_T = _token_ratio(old_logp_B_T, sampler_logp_B_T, mask_B_T)
     keep_B_T = (rho_B_T >= params.low) & (rho_B_T <= params.high)
     weights_B_T = torch.where(keep_B_T, rho_B_T, torch.zeros_like(rho_B_T))
     return weights_B_T, {"trajectory/mismatch_masked_fraction": (~keep_B_T).float()}
