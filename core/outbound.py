@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from policyopt.core.errors import InvalidArgument, PermissionDenied
+from policyopt.core.identifiers import quote
 from policyopt.core.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -54,6 +55,7 @@ _CLASSES: dict[str, Callable[[IPAddress], bool]] = {
     "private": lambda ip: any(ip in net for net in _PRIVATE),
     "link-local": lambda ip: ip.is_link_local,
 }
+_HOST_PORT = re.compile(r"\[([0-9A-Fa-f:]+)\]:([0-9]{1,5})|([A-Za-z0-9.-]+):([0-9]{1,5})")
 _NAME = re.compile(r"^(\*\.)?[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*$")
 _SAFE_PATH = re.compile(r"^(/[A-Za-z0-9_~-][A-Za-z0-9._~-]*)*/?$")
 
@@ -129,11 +131,14 @@ def system_resolver(host: str, port: int) -> list[str]:
 
 
 def split_host_port(address: str) -> tuple[str, int]:
-    """``host:port`` or ``[v6]:port`` -> (host, port); InvalidArgument when it is neither."""
-    match = re.fullmatch(r"\[([0-9A-Fa-f:.]+)\]:(\d{1,5})|([^:\[\]]+):(\d{1,5})", address)
+    """``host:port`` or ``[v6]:port`` -> (host, port); InvalidArgument when it is neither.
+
+    The one parser of endpoint addresses: registration checks them with it, and the workers split them with it.
+    """
+    match = _HOST_PORT.fullmatch(address)
     if not match:
         raise InvalidArgument(
-            f"endpoint address {address[:100]!r} must be host:port, e.g. rewards.internal:50052"
+            f"endpoint address {quote(address)} must be host:port, e.g. rewards.internal:50052"
         )
     host = match.group(1) or match.group(3)
     return host, int(match.group(2) or match.group(4))

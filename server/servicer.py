@@ -7,7 +7,6 @@ Errors are raised as ``policyopt.core.errors`` and mapped to statuses by the err
 from __future__ import annotations
 
 import math
-import re
 import uuid
 from collections.abc import Iterator
 from dataclasses import replace
@@ -35,8 +34,6 @@ from policyopt.state import AdapterStore, LocalAdapterStore, RunStore, WorkQueue
 from policyopt.v1 import policyopt_pb2 as pb
 from policyopt.v1 import policyopt_pb2_grpc as pb_grpc
 
-_ADDRESS = re.compile(r"^(\[[0-9a-fA-F:]+\]|[A-Za-z0-9.-]+):\d{1,5}$")
-
 
 class PolicyOptimizerServicer(pb_grpc.PolicyOptimizerServicer):
     def __init__(self, settings: Settings, r: redis.Redis, poll_ms: int = 1000) -> None:
@@ -59,10 +56,6 @@ class PolicyOptimizerServicer(pb_grpc.PolicyOptimizerServicer):
         self, request: pb.RegisterRewardEndpointRequest, context: grpc.ServicerContext
     ) -> pb.RewardEndpoint:
         identifiers.endpoint_name(request.name)
-        if not _ADDRESS.fullmatch(request.address):
-            raise InvalidArgument(
-                f"endpoint address {quote(request.address)} must be host:port, e.g. 127.0.0.1:50052"
-            )
         if not math.isfinite(request.timeout_s) or request.timeout_s < 0:
             raise InvalidArgument(f"timeout_s must be >= 0 (0: the server default), got {request.timeout_s}")
         self.outbound.check_address(request.address, f"reward endpoint {quote(request.name)}")
