@@ -25,11 +25,12 @@ import torch
 
 from policyopt.core.types import AdapterManifest, RunConfig
 from policyopt.core.valkey import EmbeddedValkey
-from policyopt.models import build_tiny_model, resolve_base_model
+from policyopt.models import ModelCatalog, build_tiny_model, resolve_base_model
 from policyopt.state.adapter_store import LocalAdapterStore
 from policyopt.state.queue import WorkQueue
 from policyopt.state.runs import RunStore
 from policyopt.workers.engines.vllm_launch import VLLMServer
+from policyopt.workers.placement import Placement
 from policyopt.workers.serving import Served, ServingSync
 from policyopt.workers.train import policy
 from policyopt.workers.train.checkpoint import CheckpointStore
@@ -46,9 +47,8 @@ class Trainer:
 
     def __init__(self, model_dir: Path, work: Path, r: redis.Redis) -> None:
         config = RunConfig(base_model=str(model_dir), lora_rank=16, lora_alpha=32)
-        self.model, _pad = policy.load_policy(
-            config, str(work), policy.Placement(torch.device("cpu"), torch.float32)
-        )
+        models = ModelCatalog(str(work), roots=(str(model_dir.parent),))
+        self.model, _pad = policy.load_policy(config, Placement(torch.device("cpu"), torch.float32), models)
         self.optimizer = torch.optim.AdamW([p for p in self.model.parameters() if p.requires_grad], lr=1e-3)
         self.vocab = int(self.model.config.vocab_size)
         self.runs, self.queue = RunStore(r), WorkQueue(r)

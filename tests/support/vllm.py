@@ -12,9 +12,11 @@ from peft import PeftModel
 from transformers import AutoModelForCausalLM
 
 from policyopt.core.types import AdapterManifest, RunConfig
+from policyopt.models import ModelCatalog
 from policyopt.state.adapter_store import LocalAdapterStore
 from policyopt.state.queue import WorkQueue
 from policyopt.state.runs import RunStore
+from policyopt.workers.placement import Placement
 from policyopt.workers.train import policy
 
 LORA_RANK = 16
@@ -29,9 +31,8 @@ def write_lora(model_dir: Path, dest: Path, seed: int, scale: float = 0.3) -> Pa
     the outputs (a fresh LoRA has B = 0 and equals the base).
     """
     config = RunConfig(base_model=str(model_dir), lora_rank=LORA_RANK, lora_alpha=32, seed=seed)
-    model, _pad = policy.load_policy(
-        config, str(dest.parent), policy.Placement(torch.device("cpu"), torch.float32)
-    )
+    models = ModelCatalog(str(dest.parent), roots=(str(model_dir.parent),))
+    model, _pad = policy.load_policy(config, Placement(torch.device("cpu"), torch.float32), models)
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, param in model.named_parameters():

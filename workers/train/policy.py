@@ -11,7 +11,7 @@ from safetensors.torch import load_file, save_file
 
 from policyopt.core.errors import InvalidArgument
 from policyopt.core.types import RunConfig
-from policyopt.models import ModelCatalog, resolve_base_model
+from policyopt.models import ModelCatalog
 from policyopt.workers.placement import Placement
 
 log = logging.getLogger(__name__)
@@ -19,20 +19,14 @@ log = logging.getLogger(__name__)
 CRITIC_FILE = "critic.safetensors"
 
 
-def load_policy(
-    config: RunConfig, data_dir: str, placement: Placement, models: ModelCatalog | None = None
-) -> tuple[PeftModel, int]:
+def load_policy(config: RunConfig, placement: Placement, models: ModelCatalog) -> tuple[PeftModel, int]:
     """Base model + a fresh LoRA (seeded by ``config.seed``), and the pad token id.
 
-    ``models`` resolves a tenant's ``base_model`` under the operator's declarations; None trusts it.
+    ``models`` resolves the run's ``base_model`` under the operator's declarations.
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    model_dir = (
-        models.resolve(config.base_model)
-        if models is not None
-        else resolve_base_model(config.base_model, data_dir)
-    )
+    model_dir = models.resolve(config.base_model)
     base = AutoModelForCausalLM.from_pretrained(model_dir, dtype=placement.dtype)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     pad_token_id = tokenizer.pad_token_id

@@ -94,26 +94,23 @@ def load_session(
     run: Run,
     version: int,
     *,
-    data_dir: str,
     placement: Placement,
     store: AdapterStore,
     checkpoints: CheckpointStore,
+    models: ModelCatalog,
+    outbound: OutboundPolicy,
     updater_factory: UpdaterFactory = build_updater,
-    models: ModelCatalog | None = None,
-    outbound: OutboundPolicy | None = None,
 ) -> RunSession:
     """The run's policy at ``version`` (0: a fresh LoRA) and its pinned method, with the updater state saved
     for that version. Its models resolve through ``models`` and its teacher endpoint passes ``outbound``."""
     spec = run_method(run.config)
-    model, pad_token_id = policy.load_policy(run.config, data_dir, placement, models)
+    model, pad_token_id = policy.load_policy(run.config, placement, models)
     if version:
         version_dir = store.open_version(run.run_id, version, verify=True)
         policy.load_adapter_weights(model, version_dir, placement.device)
     teacher = None
     if "teacher" in spec.needs:  # on-policy distillation: the teacher loads once per process
-        teacher = load_teacher(
-            run.config.teacher, data_dir, placement, pad_token_id, models=models, outbound=outbound
-        )
+        teacher = load_teacher(run.config.teacher, placement, pad_token_id, models=models, outbound=outbound)
     updater = updater_factory(model, spec, run.config, pad_token_id, placement.device, teacher=teacher)
     state = checkpoints.load(run.run_id, version) if version else None
     updater_state = state.get("updater") if state is not None else None

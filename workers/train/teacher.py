@@ -32,7 +32,7 @@ from torch import Tensor, nn
 from policyopt.core.errors import InvalidArgument, PermissionDenied, Unavailable
 from policyopt.core.outbound import OutboundPolicy
 from policyopt.core.types import TeacherConfig
-from policyopt.models import ModelCatalog, resolve_base_model
+from policyopt.models import ModelCatalog
 from policyopt.workers.placement import Placement, load_causal_lm
 from policyopt.workers.train.policy_forward import PolicyForward
 from policyopt.workers.train.step_batch import StepBatch, build_micro_batch, plan_micro_batches
@@ -167,9 +167,9 @@ _LOCAL_TEACHERS: dict[tuple[str, str, str], nn.Module] = {}
 _LOCK = threading.Lock()
 
 
-def _local_model(model: str, data_dir: str, placement: Placement, models: ModelCatalog | None) -> nn.Module:
+def _local_model(model: str, placement: Placement, models: ModelCatalog) -> nn.Module:
     """The teacher model for ``model``, loaded once per process (eval mode, frozen)."""
-    model_dir = models.resolve(model) if models is not None else resolve_base_model(model, data_dir)
+    model_dir = models.resolve(model)
     key = (str(model_dir), str(placement.device), str(placement.dtype))
     with _LOCK:
         if key not in _LOCAL_TEACHERS:
@@ -182,22 +182,21 @@ def _local_model(model: str, data_dir: str, placement: Placement, models: ModelC
 
 def load_teacher(
     config: TeacherConfig,
-    data_dir: str,
     placement: Placement,
     pad_token_id: int,
     *,
-    models: ModelCatalog | None = None,
-    outbound: OutboundPolicy | None = None,
+    models: ModelCatalog,
+    outbound: OutboundPolicy,
 ) -> TeacherScorer:
     """The run's teacher: its endpoint when set, else its local model; InvalidArgument when it has neither.
 
     ``models`` and ``outbound`` are the operator's model declarations and outbound policy, which a tenant's
-    teacher passes; None trusts the config (tests, benchmarks).
+    teacher must pass.
     """
     if config.endpoint:
         return EndpointTeacher(config.endpoint, config.model, outbound=outbound)
     if config.model:
-        local = _local_model(config.model, data_dir, placement, models)
+        local = _local_model(config.model, placement, models)
         return LocalTeacher(local, pad_token_id, placement.device)
     raise InvalidArgument(
         "the run's method needs a teacher but the run names none; create it with teacher.model "

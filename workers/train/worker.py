@@ -339,7 +339,6 @@ class TrainerWorker:
         session = load_session(
             run,
             version,
-            data_dir=self.settings.data_dir,
             placement=self.placement,
             store=self.store,
             checkpoints=self.checkpoints,
