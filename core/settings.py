@@ -70,6 +70,38 @@ class Settings:
     Hugging Face cache). Env ``POLICYOPT_MODELS=name=/path,name2=hf:org/model``."""
     model_roots: tuple[str, ...] = ()
     """Directories under which tenants may name a model by absolute path. Env ``:``-separated."""
+    # -- fair multi-tenancy (README "Limits and fairness") --------------------------------------------
+    trainer_memory_mb: int = 8192
+    """Memory a trainer keeps for runs: shared base models plus each run's LoRA, optimizer state and critic.
+    Beyond it the least recently trained runs are evicted (their state is in the checkpoint)."""
+    reward_concurrency: int = 8
+    """Score calls in flight per reward endpoint and rollout worker; more wait for that endpoint only."""
+    reward_max_attempts: int = 5
+    """Rollouts of a prompt whose reward call failed transiently (endpoint down, deadline) before it is
+    dropped with an ERROR event; each retry waits longer (``reward_retry_backoff_s``, doubling)."""
+    reward_retry_backoff_s: float = 2.0
+    """Wait before a prompt's first retry after a transient reward failure; doubles per retry, up to 60 s."""
+    max_reward_timeout_s: float = 120.0
+    """Largest ``timeout_s`` a tenant may register for a reward endpoint."""
+    max_active_runs_per_tenant: int = 16
+    """RUNNING runs a tenant may have; CreateRun beyond it is RESOURCE_EXHAUSTED."""
+    max_queued_prompts_per_tenant: int = 50000
+    """Prompts waiting for rollouts across all of a tenant's runs (``max_queued_prompts`` is per run)."""
+    max_streams_per_tenant: int = 8
+    """Open WatchRun, WatchAdapters and PullAdapter streams per tenant."""
+    max_concurrent_rpcs_per_tenant: int = 16
+    """Unary calls of one tenant served at once; the server's thread pool is sized so that every tenant's
+    streams and calls at their limits leave room for the others."""
+    max_request_mb: int = 16
+    """Largest request message the server accepts (gRPC's receive limit)."""
+    max_group_size: int = 64
+    """Largest ``group_size`` (completions per prompt) a run may ask for."""
+    max_prompts_per_step: int = 64
+    """Largest ``prompts_per_step`` a run may ask for."""
+    max_sequences_per_step: int = 512
+    """Largest ``group_size * prompts_per_step``: the sequences one policy update trains on."""
+    max_completion_tokens: int = 4096
+    """Largest ``max_new_tokens``; prompt and completion must also fit the base model's context."""
 
     @property
     def adapter_root(self) -> Path:
@@ -105,6 +137,20 @@ _ENV = {
     "POLICYOPT_ENDPOINT_ALLOWLIST": "endpoint_allowlist",
     "POLICYOPT_MODELS": "models",
     "POLICYOPT_MODEL_ROOTS": "model_roots",
+    "POLICYOPT_TRAINER_MEMORY_MB": "trainer_memory_mb",
+    "POLICYOPT_REWARD_CONCURRENCY": "reward_concurrency",
+    "POLICYOPT_REWARD_MAX_ATTEMPTS": "reward_max_attempts",
+    "POLICYOPT_REWARD_RETRY_BACKOFF_S": "reward_retry_backoff_s",
+    "POLICYOPT_MAX_REWARD_TIMEOUT_S": "max_reward_timeout_s",
+    "POLICYOPT_MAX_ACTIVE_RUNS_PER_TENANT": "max_active_runs_per_tenant",
+    "POLICYOPT_MAX_QUEUED_PROMPTS_PER_TENANT": "max_queued_prompts_per_tenant",
+    "POLICYOPT_MAX_STREAMS_PER_TENANT": "max_streams_per_tenant",
+    "POLICYOPT_MAX_CONCURRENT_RPCS_PER_TENANT": "max_concurrent_rpcs_per_tenant",
+    "POLICYOPT_MAX_REQUEST_MB": "max_request_mb",
+    "POLICYOPT_MAX_GROUP_SIZE": "max_group_size",
+    "POLICYOPT_MAX_PROMPTS_PER_STEP": "max_prompts_per_step",
+    "POLICYOPT_MAX_SEQUENCES_PER_STEP": "max_sequences_per_step",
+    "POLICYOPT_MAX_COMPLETION_TOKENS": "max_completion_tokens",
 }
 
 
