@@ -61,10 +61,25 @@ class Unavailable(PolicyOptError):
 
 
 class RewardEndpointError(PolicyOptError):
-    """A reward endpoint returned something unusable (NaN, wrong count) or could not be reached."""
+    """A reward endpoint returned something unusable (NaN, wrong count) or could not be reached.
+
+    ``transient``: the endpoint may answer if asked again later (down, past its deadline, overloaded), so
+    the prompt is retried with backoff; otherwise the failure is permanent. ``circuit_open``: the call was
+    not made because the endpoint failed too often in a row; the prompt waits ``retry_after_s`` without
+    spending an attempt.
+    """
 
     code_name = "FAILED_PRECONDITION"
 
-    def __init__(self, message: str, *, transient: bool = False) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        transient: bool = False,
+        circuit_open: bool = False,
+        retry_after_s: float = 0.0,
+    ) -> None:
         super().__init__(message)
-        self.transient = transient
+        self.transient = transient or circuit_open
+        self.circuit_open = circuit_open
+        self.retry_after_s = retry_after_s

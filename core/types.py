@@ -115,6 +115,7 @@ class PromptTask:
     metadata: dict[str, JSONValue] = field(default_factory=dict)
     trace: dict[str, str] = field(default_factory=dict)  # W3C trace-context carrier
     attempt: int = 0  # times dynamic sampling sent this prompt back for fresh samples
+    reward_attempts: int = 0  # rollouts whose reward call failed transiently (retried with backoff)
 
 
 @dataclass(frozen=True)

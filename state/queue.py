@@ -1,13 +1,22 @@
 """Work queues on Redis Streams with consumer groups.
 
-Two kinds of stream:
-- ``po:prompts`` (group ``rollout``): one message per submitted prompt, for rollout workers.
+Prompts, for rollout workers, fairly across runs:
+- ``po:run:{run_id}:prompts`` (group ``rollout``): one message per queued prompt of the run.
+- ``po:prompts:runs``: the index of runs with queued prompts; ``claim_prompts`` takes a batch from the run
+  served least recently (round-robin by claims), so a run with 10k prompts does not hold up a run with
+  4 (``state.prompt_scripts`` has the scripts and the rule).
+- ``po:prompts:delayed``: prompts waiting for a retry (a transient reward failure, with backoff) or
+  deferred (their endpoint is saturated); moved back into their run's stream when due. They still count
+  as queued (``po:run:{id}:queued``).
+- ``po:prompts``: the single stream of older deployments; its messages are moved into the per-run streams.
+
+Groups, for trainers:
 - ``po:run:{run_id}:groups`` (group ``trainer``): scored trajectory groups of one run, for its trainer.
 
-Acknowledgement follows durability: a prompt is acked in the same MULTI/EXEC that queues its group,
-and a group is acked in the same transaction that commits the step that trained on it
-(``RunStore.commit_step``). A worker that dies leaves its messages pending; after
-``claim_idle_ms`` another worker takes them with XAUTOCLAIM.
+Acknowledgement follows durability: a prompt is acked in the same MULTI/EXEC that queues its group (or
+delays it), and a group is acked in the same transaction that commits the step that trained on it
+(``RunStore.commit_step``). A worker that dies leaves its messages pending; after ``claim_idle_ms``
+another worker takes them with XAUTOCLAIM.
 """
 
 from __future__ import annotations
@@ -15,6 +24,8 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import time
+import uuid
 from collections.abc import Iterable
 from typing import cast
 
@@ -22,13 +33,27 @@ import redis
 
 from policyopt.core.errors import ResourceExhausted
 from policyopt.core.types import PromptTask, TrajectoryGroup, from_json, to_json
+from policyopt.state import prompt_scripts
 from policyopt.state.connection import StreamEntries, stream_entries, text
 
 log = logging.getLogger(__name__)
 
 PROMPTS_STREAM = "po:prompts"
+"""The single prompt stream of older deployments; drained into the per-run streams."""
+PROMPT_RUNS_KEY = "po:prompts:runs"
+PROMPT_TURN_KEY = "po:prompts:turn"
+DELAYED_PROMPTS_KEY = "po:prompts:delayed"
 ROLLOUT_GROUP = "rollout"
 TRAINER_GROUP = "trainer"
+CLAIM_SCAN_RUNS = 64
+"""Runs one claim looks at, lowest turn first; runs with only claimed prompts go to the back."""
+POLL_S = 0.05
+"""Sleep between claim attempts while nothing is queued."""
+LEGACY_EVERY_S = 1.0
+
+
+def prompts_stream(run_id: str) -> str:
+    return f"po:run:{run_id}:prompts"
 
 
 def groups_stream(run_id: str) -> str:
@@ -52,6 +77,11 @@ def _ensure_group(r: redis.Redis, stream: str, group: str) -> None:
             raise
 
 
+def _field_dict(flat: list[bytes]) -> dict[bytes, bytes]:
+    """``[k1, v1, k2, v2]`` (a stream entry's fields as a script returns them) as a dict."""
+    return dict(zip(flat[::2], flat[1::2], strict=True))
+
+
 def _autoclaim(
     r: redis.Redis, stream: str, group: str, consumer: str, min_idle_ms: int, count: int
 ) -> StreamEntries:
@@ -69,6 +99,12 @@ class WorkQueue:
         self.claim_idle_ms = claim_idle_ms
         self.max_queued_prompts = max_queued_prompts
         _ensure_group(r, PROMPTS_STREAM, ROLLOUT_GROUP)
+        self._join_index = r.register_script(prompt_scripts.JOIN_INDEX)
+        self._claim = r.register_script(prompt_scripts.CLAIM)
+        self._move_due = r.register_script(prompt_scripts.MOVE_DUE)
+        self._migrate_legacy = r.register_script(prompt_scripts.MIGRATE_LEGACY)
+        self._last_reclaim = 0.0
+        self._last_legacy = 0.0
 
     # -- prompts ---------------------------------------------------------------------------------
     def enqueue_prompts(self, tasks: list[PromptTask]) -> list[str]:
@@ -82,28 +118,81 @@ class WorkQueue:
                 f"run {run_id} has {queued} prompts waiting and the limit is {self.max_queued_prompts}; "
                 "wait for rollouts to drain (watch the run) or raise POLICYOPT_MAX_QUEUED_PROMPTS"
             )
+        _ensure_group(self.r, prompts_stream(run_id), ROLLOUT_GROUP)
         pipe = self.r.pipeline(transaction=True)
         for task in tasks:
-            pipe.xadd(PROMPTS_STREAM, {"data": to_json(task)})
+            pipe.xadd(prompts_stream(run_id), {"data": to_json(task)})
         pipe.incrby(queued_prompts_key(run_id), len(tasks))
         pipe.hincrby(f"po:run:{run_id}", "prompts", len(tasks))  # the run's submitted-prompts counter
+        self._join_index(keys=[PROMPT_RUNS_KEY, PROMPT_TURN_KEY], args=[run_id], client=pipe)
         ids = pipe.execute()[: len(tasks)]
-        return [i.decode() for i in ids]
+        return [text(i) for i in ids]
 
     def claim_prompts(
         self, consumer: str, count: int = 1, block_ms: int = 1000
     ) -> list[tuple[str, PromptTask]]:
-        """Prompts for this consumer: its own pending ones first, then abandoned ones, then new ones."""
-        entries = stream_entries(
-            self.r.xreadgroup(ROLLOUT_GROUP, consumer, {PROMPTS_STREAM: "0"}, count=count)
+        """Up to ``count`` prompts of one run: abandoned ones first, then new ones of the run served least
+        recently. Polls every ``POLL_S`` for up to ``block_ms`` while nothing is queued.
+
+        Each call also moves due delayed prompts back and drains the legacy stream (every second).
+        """
+        deadline = time.monotonic() + block_ms / 1000
+        while True:
+            self.move_due_prompts()
+            if time.monotonic() - self._last_legacy >= LEGACY_EVERY_S:
+                self._last_legacy = time.monotonic()
+                self.migrate_legacy_prompts(consumer)
+            entries = self._reclaim_abandoned(consumer, count)
+            if not entries:
+                entries = self._claim_new(consumer, count)
+            if entries or time.monotonic() + POLL_S > deadline:
+                return [(text(mid), from_json(PromptTask, fields[b"data"])) for mid, fields in entries]
+            time.sleep(POLL_S)
+
+    def _claim_new(self, consumer: str, count: int) -> StreamEntries:
+        reply = self._claim(
+            keys=[PROMPT_RUNS_KEY, PROMPT_TURN_KEY], args=[ROLLOUT_GROUP, consumer, count, CLAIM_SCAN_RUNS]
         )
-        if not entries:
-            entries = _autoclaim(self.r, PROMPTS_STREAM, ROLLOUT_GROUP, consumer, self.claim_idle_ms, count)
-        if not entries:
-            entries = stream_entries(
-                self.r.xreadgroup(ROLLOUT_GROUP, consumer, {PROMPTS_STREAM: ">"}, count=count, block=block_ms)
+        if not reply:
+            return []
+        return [(mid, _field_dict(flat)) for mid, flat in reply[1]]
+
+    def _reclaim_abandoned(self, consumer: str, count: int) -> StreamEntries:
+        """Prompts a dead worker held for ``claim_idle_ms``, looked for every quarter of that."""
+        now = time.monotonic()
+        if now - self._last_reclaim < self.claim_idle_ms / 4000:
+            return []
+        self._last_reclaim = now
+        entries: StreamEntries = []
+        for run in self.r.zrange(PROMPT_RUNS_KEY, 0, -1):
+            stream = prompts_stream(text(run))
+            try:
+                entries += _autoclaim(
+                    self.r, stream, ROLLOUT_GROUP, consumer, self.claim_idle_ms, count - len(entries)
+                )
+            except redis.ResponseError:  # no such stream or group: nothing of it is pending
+                continue
+            if entries:  # one run per claim, like new prompts
+                break
+        return entries
+
+    def move_due_prompts(self, now: float | None = None, limit: int = 100) -> int:
+        """Move delayed prompts whose time has come back into their runs' streams; returns how many."""
+        at = time.time() if now is None else now
+        return int(
+            self._move_due(
+                keys=[DELAYED_PROMPTS_KEY, PROMPT_RUNS_KEY, PROMPT_TURN_KEY], args=[at, limit, ROLLOUT_GROUP]
             )
-        return [(mid.decode(), from_json(PromptTask, fields[b"data"])) for mid, fields in entries]
+        )
+
+    def migrate_legacy_prompts(self, consumer: str, limit: int = 100) -> int:
+        """Move prompts of the older single stream ``po:prompts`` into their runs' streams."""
+        return int(
+            self._migrate_legacy(
+                keys=[PROMPTS_STREAM, PROMPT_RUNS_KEY, PROMPT_TURN_KEY],
+                args=[ROLLOUT_GROUP, consumer, limit, self.claim_idle_ms],
+            )
+        )
 
     def complete_prompt(self, message_id: str, task: PromptTask, group: TrajectoryGroup | None) -> str | None:
         """Queue the prompt's group (if any) and ack the prompt in one transaction."""
@@ -111,17 +200,49 @@ class WorkQueue:
         if group is not None:
             _ensure_group(self.r, groups_stream(group.run_id), TRAINER_GROUP)
             pipe.xadd(groups_stream(group.run_id), {"data": to_json(group)})
-        pipe.xack(PROMPTS_STREAM, ROLLOUT_GROUP, message_id)
-        pipe.xdel(PROMPTS_STREAM, message_id)
+        self._ack_prompt(pipe, message_id, task)
         pipe.decr(queued_prompts_key(task.run_id))
         result = pipe.execute()
-        return result[0].decode() if group is not None else None
+        return text(result[0]) if group is not None else None
 
-    def touch_prompt(self, consumer: str, message_id: str) -> None:
-        """Reset the idle time of a prompt still being worked on, so no one else claims it."""
-        self.r.xclaim(
-            PROMPTS_STREAM, ROLLOUT_GROUP, consumer, min_idle_time=0, message_ids=[message_id], justid=True
-        )
+    def delay_prompt(self, message_id: str, task: PromptTask, delay_s: float) -> None:
+        """Ack the claimed prompt and queue ``task`` (the same prompt, maybe with a new attempt count) to
+        come back after ``delay_s``, in one transaction; it still counts as queued."""
+        member = f"{uuid.uuid4().hex} {to_json(task)}"
+        pipe = self.r.pipeline(transaction=True)
+        pipe.zadd(DELAYED_PROMPTS_KEY, {member: time.time() + delay_s})
+        self._ack_prompt(pipe, message_id, task)
+        pipe.execute()
+
+    def delayed_prompts(self) -> list[tuple[float, PromptTask]]:
+        """Every delayed prompt with its due time (unix seconds), soonest first."""
+        rows = cast(list[tuple[bytes, float]], self.r.zrange(DELAYED_PROMPTS_KEY, 0, -1, withscores=True))
+        return [(float(due), from_json(PromptTask, text(m).split(" ", 1)[1])) for m, due in rows]
+
+    def touch_prompts(self, consumer: str, claims: Iterable[tuple[str, PromptTask]]) -> None:
+        """Reset the idle time of prompts still being worked on, so no one else claims them."""
+        pipe = self.r.pipeline(transaction=False)
+        for message_id, task in claims:
+            pipe.xclaim(
+                prompts_stream(task.run_id), ROLLOUT_GROUP, consumer, min_idle_time=0,
+                message_ids=[message_id], justid=True,
+            )  # fmt: skip
+        pipe.execute()
+
+    def touch_prompt(self, consumer: str, message_id: str, task: PromptTask) -> None:
+        self.touch_prompts(consumer, [(message_id, task)])
+
+    def pending_prompts(self, run_id: str) -> int:
+        """Prompts of the run claimed by a worker and not yet acked."""
+        try:
+            return int(self.r.xpending(prompts_stream(run_id), ROLLOUT_GROUP)["pending"])
+        except redis.ResponseError:
+            return 0
+
+    @staticmethod
+    def _ack_prompt(pipe: redis.client.Pipeline, message_id: str, task: PromptTask) -> None:
+        pipe.xack(prompts_stream(task.run_id), ROLLOUT_GROUP, message_id)
+        pipe.xdel(prompts_stream(task.run_id), message_id)
 
     # -- groups ----------------------------------------------------------------------------------
     def enqueue_groups(self, run_id: str, groups: list[TrajectoryGroup]) -> list[str]:
@@ -156,9 +277,11 @@ class WorkQueue:
             group.run_id, group.prompt_id, group.prompt, group.metadata, group.trace,
             attempt=group.attempt if attempt is None else attempt,
         )  # fmt: skip
+        _ensure_group(self.r, prompts_stream(group.run_id), ROLLOUT_GROUP)
         pipe = self.r.pipeline(transaction=True)
-        pipe.xadd(PROMPTS_STREAM, {"data": to_json(task)})
+        pipe.xadd(prompts_stream(group.run_id), {"data": to_json(task)})
         pipe.incr(queued_prompts_key(group.run_id))
+        self._join_index(keys=[PROMPT_RUNS_KEY, PROMPT_TURN_KEY], args=[group.run_id], client=pipe)
         self.ack_groups(pipe, group.run_id, [message_id])
         return text(pipe.execute()[0])
 

@@ -10,7 +10,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 from policyopt.client import RunHandle
 from policyopt.core.types import PromptTask, from_json
-from policyopt.state.queue import PROMPTS_STREAM
+from policyopt.state.queue import prompts_stream
 
 
 def _install_memory_exporter() -> InMemorySpanExporter:
@@ -36,6 +36,9 @@ def test_submit_prompts_joins_the_callers_trace_and_stores_it_in_the_task(
         if s.name.endswith("SubmitPrompts") and s.kind == trace.SpanKind.SERVER
     ]
     assert server_spans and server_spans[-1].context.trace_id == trace_id
-    tasks = [from_json(PromptTask, fields[b"data"]) for _, fields in redis_client.xrange(PROMPTS_STREAM)]
+    tasks = [
+        from_json(PromptTask, fields[b"data"])
+        for _, fields in redis_client.xrange(prompts_stream(run_a.run_id))
+    ]
     [task] = [t for t in tasks if t.prompt_id == prompt_id]
     assert f"{trace_id:032x}" in task.trace["traceparent"]

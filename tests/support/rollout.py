@@ -1,4 +1,4 @@
-"""Test helpers for the rollout tests: a real gRPC RewardService hosted in the test process."""
+"""Test helpers for the rollout tests: a real gRPC RewardService hosted in the test process, runs, prompts."""
 
 from __future__ import annotations
 
@@ -10,13 +10,29 @@ from collections.abc import Callable, Iterator
 from concurrent import futures
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import grpc
+import redis
 import torch
 from google.protobuf import json_format
 
+from policyopt.core.settings import Settings
+from policyopt.core.types import (
+    EventKind,
+    MethodChoice,
+    PromptTask,
+    RewardEndpointInfo,
+    RunConfig,
+    TrajectoryGroup,
+    from_json,
+)
+from policyopt.state.queue import WorkQueue, groups_stream
+from policyopt.state.runs import RunStore
 from policyopt.v1 import reward_pb2, reward_pb2_grpc
+from policyopt.workers.algorithms import pin_method, resolve_method
 from policyopt.workers.placement import load_model, resolve_placement
+from policyopt.workers.rollout.worker import RolloutWorker
 
 ScoreFn = Callable[[reward_pb2.ScoreRequest, grpc.ServicerContext], list[float]]
 
@@ -46,11 +62,11 @@ class ScriptedRewardService(reward_pb2_grpc.RewardServiceServicer):
 
 
 @contextlib.contextmanager
-def reward_server(service: ScriptedRewardService) -> Iterator[str]:
-    """Host ``service`` on a free local port; yields its address."""
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+def reward_server(service: ScriptedRewardService, port: int = 0, workers: int = 4) -> Iterator[str]:
+    """Host ``service`` on ``port`` (0: a free one); yields its address."""
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers))
     reward_pb2_grpc.add_RewardServiceServicer_to_server(service, server)
-    port = server.add_insecure_port("127.0.0.1:0")
+    port = server.add_insecure_port(f"127.0.0.1:{port}")
     server.start()
     try:
         yield f"127.0.0.1:{port}"
@@ -87,6 +103,24 @@ def slow(seconds: float) -> ScoreFn:
     return fn
 
 
+def hanging(release: threading.Event) -> ScoreFn:
+    """Never answer until ``release`` is set (then answer normally)."""
+
+    def fn(request: reward_pb2.ScoreRequest, context: grpc.ServicerContext) -> list[float]:
+        release.wait()
+        return length_score(request, context)
+
+    return fn
+
+
+def aborting(code: grpc.StatusCode) -> ScoreFn:
+    def fn(request: reward_pb2.ScoreRequest, context: grpc.ServicerContext) -> list[float]:
+        context.abort(code, "scripted permanent failure")
+        return []
+
+    return fn
+
+
 def make_adapter(model_dir: Path, out: Path, seed: int) -> Path:
     """A PEFT LoRA directory with random (non-zero) A and B, so it visibly changes the model."""
     from peft import LoraConfig, get_peft_model
@@ -96,3 +130,64 @@ def make_adapter(model_dir: Path, out: Path, seed: int) -> Path:
     config = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
     get_peft_model(model, config).save_pretrained(out)
     return out
+
+
+TENANT = "acme"
+
+
+def make_worker(
+    settings: Settings, fresh_redis: redis.Redis, consumer: str = "w1", **overrides: object
+) -> RolloutWorker:
+    worker = RolloutWorker(settings.replace(**overrides), redis_client=fresh_redis, consumer=consumer)
+    worker.rewards.backoff_s = 0.01
+    return worker
+
+
+def process(worker: RolloutWorker, block_ms: int = 100) -> int:
+    """One claim round, then wait for its groups to be scored; returns how many prompts were claimed."""
+    claimed = worker.process_one(block_ms=block_ms)
+    assert worker.wait_scored(timeout_s=60)
+    return claimed
+
+
+def create_run(
+    fresh_redis: redis.Redis, tiny_model_dir: Path, address: str, endpoint: str = "ep", **config: object
+) -> str:
+    store = RunStore(fresh_redis)
+    store.register_endpoint(TENANT, RewardEndpointInfo(endpoint, address))
+    """A run as CreateRun stores it: its method (grpo unless ``method=`` says) resolved and pinned."""
+    values: dict[str, Any] = {"group_size": 3, "max_new_tokens": 6, "method": MethodChoice("grpo"), **config}
+    values["resolved_method"] = pin_method(resolve_method(values["method"]))
+    run_config = RunConfig(base_model=str(tiny_model_dir), reward_endpoint=endpoint, **values)
+    return store.create_run(TENANT, run_config).run_id
+
+
+def submit(
+    fresh_redis: redis.Redis, run_id: str, n: int = 1, prefix: str = "p", trace: dict[str, str] | None = None
+) -> list[str]:
+    tasks = [
+        PromptTask(
+            run_id=run_id,
+            prompt_id=f"{prefix}{i}",
+            prompt=f"What is {i} + 2?",
+            metadata={"answer": str(i + 2)},
+            trace=trace or {},
+        )
+        for i in range(n)
+    ]
+    return WorkQueue(fresh_redis).enqueue_prompts(tasks)
+
+
+def queued_groups(fresh_redis: redis.Redis, run_id: str) -> list[TrajectoryGroup]:
+    return [
+        from_json(TrajectoryGroup, fields[b"data"])
+        for _id, fields in fresh_redis.xrange(groups_stream(run_id))
+    ]
+
+
+def pending_prompts(fresh_redis: redis.Redis, run_id: str) -> int:
+    return WorkQueue(fresh_redis).pending_prompts(run_id)
+
+
+def error_messages(fresh_redis: redis.Redis, run_id: str) -> list[str]:
+    return [e.message for e in RunStore(fresh_redis).read_events(run_id) if e.kind == EventKind.ERROR]

@@ -1,8 +1,11 @@
 """Rollouts with transformers ``generate``: the embedded default, on CPU or one GPU.
 
 The base model is loaded once. Each adapter version is a PEFT directory loaded into the same base
-under its stable name (``run@vN``); a newer version of a run replaces the older one, since rollouts
-always sample with the newest version.
+under its stable name (``run@vN``), and each batch selects its run's adapter. The cache is per run: a run
+keeps its ``versions_per_run`` newest versions (rollouts sample with the newest; the one before may still
+be asked for while a new version is published), and all runs together keep at most
+``max_loaded_adapters``, the least recently used going first. Many runs on one base model thus stay
+loaded instead of reloading their adapter on every batch.
 
 Per-token log-probs come from a logits processor placed after temperature / top-k / top-p, so they are
 the processed log-probs of the distribution actually sampled from (see ``engines.base``). It holds one
@@ -35,6 +38,11 @@ from policyopt.workers.engines.base import FINISH_LENGTH, FINISH_STOP, AdapterRe
 from policyopt.workers.placement import load_model, resolve_placement
 
 log = logging.getLogger(__name__)
+
+MAX_LOADED_ADAPTERS = 64
+"""Adapters kept loaded over all runs; LoRA weights of small ranks are a few MB each."""
+VERSIONS_PER_RUN = 2
+"""Versions of one run kept loaded: the newest and the one before."""
 
 
 class _LogprobRecorder(LogitsProcessor):
@@ -88,14 +96,16 @@ class TransformersEngine:
         device: str = "auto",
         dtype: str = "auto",
         max_batch_rows: int = 64,
-        max_loaded_adapters: int = 2,
+        max_loaded_adapters: int = MAX_LOADED_ADAPTERS,
+        versions_per_run: int = VERSIONS_PER_RUN,
     ) -> None:
         self.model_dir = Path(model_dir)
         self._base, self.tokenizer = load_model(model_dir, resolve_placement(device, dtype))
         self._peft: PeftModel | None = None  # wraps the base (in place) once an adapter is loaded
         self._context_length = context_length(model_dir)
         self.max_batch_rows = max_batch_rows
-        self.max_loaded_adapters = max_loaded_adapters
+        self.max_loaded_adapters = max(1, max_loaded_adapters)
+        self.versions_per_run = max(1, versions_per_run)
         self._adapters: OrderedDict[str, AdapterRef] = OrderedDict()  # loaded, least recently used first
         self._eos_ids = self._stop_token_ids()
         self._pad_id = int(self.tokenizer.pad_token_id)
@@ -252,13 +262,20 @@ class TransformersEngine:
         self._evict(self._peft, keep=adapter)
         return self._peft
 
+    @property
+    def loaded_adapters(self) -> list[str]:
+        """Names of the loaded adapters, least recently used first."""
+        return list(self._adapters)
+
     def _evict(self, peft: PeftModel, keep: AdapterRef) -> None:
-        """Drop older versions of ``keep``'s run, then the least recently used beyond the limit."""
-        stale = [
-            name
-            for name, ref in self._adapters.items()
-            if ref.run_id == keep.run_id and ref.version < keep.version
-        ]
+        """Drop versions of ``keep``'s run beyond its newest ``versions_per_run``, then the least recently
+        used adapters beyond ``max_loaded_adapters``; ``keep`` stays."""
+        same_run = sorted(
+            (ref for ref in self._adapters.values() if ref.run_id == keep.run_id),
+            key=lambda ref: ref.version,
+            reverse=True,
+        )
+        stale = [ref.name for ref in same_run[self.versions_per_run :] if ref.name != keep.name]
         while len(self._adapters) - len(stale) > self.max_loaded_adapters:
             oldest = next(name for name in self._adapters if name != keep.name and name not in stale)
             stale.append(oldest)

@@ -1,7 +1,13 @@
-"""Calls a user's RewardService: one ``Score`` per group, with a deadline and retries.
+"""Calls a user's RewardService: one ``Score`` per group, with a deadline, quick retries and a circuit breaker.
 
 This module is the rollout worker's only protobuf edge: it takes and returns plain Python values.
-Every failure leaves it as ``RewardEndpointError`` with a message that says what to fix.
+Every failure leaves it as ``RewardEndpointError`` with a message that says what to fix, marked
+``transient`` (UNAVAILABLE, DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED, UNIMPLEMENTED, connection failures, an
+open circuit: the worker retries the prompt later) or permanent (INVALID_ARGUMENT and every other status,
+a wrong number of scores, non-finite scores: the prompt ends with an ERROR event).
+
+Each endpoint address has a ``CircuitBreaker``: after ``FAILURE_THRESHOLD`` transient failures in a row
+its calls fail fast (``circuit_open``) for ``COOLDOWN_S``, then one trial call decides.
 
 The endpoint is a tenant's address, so its replies are not trusted: the address passes the outbound policy
 again before each connection (``core.outbound``; the channel goes to the checked IP, so DNS rebinding cannot
@@ -26,6 +32,7 @@ from policyopt.core.outbound import OutboundPolicy, connect_target, split_host_p
 from policyopt.core.settings import Settings
 from policyopt.core.types import JSONValue, RewardEndpointInfo
 from policyopt.v1 import reward_pb2, reward_pb2_grpc
+from policyopt.workers.rollout.breaker import COOLDOWN_S, FAILURE_THRESHOLD, CircuitBreaker
 
 log = logging.getLogger(__name__)
 
@@ -65,11 +72,22 @@ class ScoreInput:
 class RewardClient:
     """Scores groups against registered endpoints; channels are cached per address and thread-safe."""
 
-    def __init__(self, settings: Settings, *, backoff_s: float = 0.25, max_backoff_s: float = 4.0) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        backoff_s: float = 0.25,
+        max_backoff_s: float = 4.0,
+        breaker_threshold: int = FAILURE_THRESHOLD,
+        breaker_cooldown_s: float = COOLDOWN_S,
+    ) -> None:
         self.timeout_s = settings.reward_timeout_s
         self.retries = settings.reward_retries
         self.backoff_s = backoff_s
         self.max_backoff_s = max_backoff_s
+        self.breaker_threshold = breaker_threshold
+        self.breaker_cooldown_s = breaker_cooldown_s
+        self._breakers: dict[str, CircuitBreaker] = {}
         self._channels: dict[tuple[str, str, bool, str], grpc.Channel] = {}
         self._targets: dict[str, tuple[str, float]] = {}  # address -> (checked ip:port, when)
         self._lock = threading.Lock()
@@ -79,8 +97,36 @@ class RewardClient:
         """One finite score per completion; RewardEndpointError when the endpoint cannot give them."""
         request = _to_request(group)
         timeout_s = endpoint.timeout_s or self.timeout_s
-        response = self._call_with_retries(endpoint, request, timeout_s)
+        breaker = self.breaker(endpoint)
+        if not breaker.allow():
+            raise RewardEndpointError(
+                f"reward endpoint {endpoint.name!r} at {endpoint.address} failed {breaker.threshold} times in "
+                f"a row; calls to it pause for {breaker.cooldown_s:g}s",
+                circuit_open=True,
+                retry_after_s=breaker.retry_in(),
+            )
+        try:
+            response = self._call_with_retries(endpoint, request, timeout_s)
+        except RewardEndpointError as exc:
+            if exc.transient:
+                breaker.record_failure()
+            else:
+                breaker.record_success()  # it answered with an error status: it is up
+            raise
+        except BaseException:
+            breaker.release()
+            raise
+        breaker.record_success()  # it answered; whether the answer is usable is checked next
         return _check_scores(endpoint, list(response.scores), len(group.completions))
+
+    def breaker(self, endpoint: RewardEndpointInfo) -> CircuitBreaker:
+        """The endpoint's circuit breaker, one per address (shared by the tenants that register it)."""
+        with self._lock:
+            if endpoint.address not in self._breakers:
+                self._breakers[endpoint.address] = CircuitBreaker(
+                    self.breaker_threshold, self.breaker_cooldown_s
+                )
+            return self._breakers[endpoint.address]
 
     def close(self) -> None:
         with self._lock:

@@ -1,13 +1,20 @@
 """The rollout worker: prompts in, scored trajectory groups out.
 
-For each claimed prompt: look up its run (prompts of runs that are not running are acked and dropped),
-encode it with the chat template, sample ``group_size`` completions with the run's newest adapter
-version, score the group with the run's RewardService, and queue the group while acking the prompt in
-one transaction (``WorkQueue.complete_prompt``).
+The loop claims a batch of one run's prompts (``WorkQueue.claim_prompts`` takes turns between runs), looks
+up the run (prompts of runs that are not running are acked and dropped), encodes them with the chat
+template and samples ``group_size`` completions each with the run's newest adapter version. Each group is
+then scored on the scoring lane of the run's reward endpoint (``scoring.ScoringLanes``: at most
+``reward_concurrency`` calls in flight per endpoint) while the loop goes on with other runs; when its
+scores arrive the group is queued and its prompt acked in one transaction (``WorkQueue.complete_prompt``).
 
-A prompt that fails (a bad reward endpoint, an unusable prompt) becomes an ERROR event on its run and
-is acked, so it is not retried forever; the worker goes on with other prompts. Redis errors are not
-per-prompt: the prompt stays pending and is picked up again once Redis answers.
+Claimed prompts stay claimed while they wait: one thread touches every prompt in hand. When an endpoint's
+lane is backed up or its circuit is open, newly claimed prompts of its runs go back for later without
+being sampled, and at most ``max_pending_scores`` groups wait for scores in all.
+
+A failed prompt follows ``retry``: a transient reward failure sends it back with backoff (up to
+``reward_max_attempts`` rollouts), a permanent one becomes an ERROR event on its run and the prompt is
+acked. Redis errors are not per-prompt: the prompt stays pending and is picked up again once Redis answers.
+On shutdown the groups in hand are scored for up to ``shutdown_grace_s``; the rest go back to the queue.
 """
 
 from __future__ import annotations
@@ -15,51 +22,55 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
-import uuid
+import time
 from collections import OrderedDict
-from collections.abc import Iterator
 from pathlib import Path
 from typing import cast
 
 import redis
-from opentelemetry import trace
-from opentelemetry.trace import Span
 
 from policyopt.core.errors import (
     FailedPrecondition,
-    InvalidArgument,
     NotFound,
     PolicyOptError,
     RewardEndpointError,
 )
 from policyopt.core.settings import Settings
-from policyopt.core.telemetry import inject_context, span_from, tracer
+from policyopt.core.telemetry import span_from, tracer
 from policyopt.core.types import (
     PromptTask,
     RewardEndpointInfo,
     Run,
     RunConfig,
     RunStatus,
-    Trajectory,
     TrajectoryGroup,
 )
 from policyopt.models import ModelCatalog
 from policyopt.state import AdapterStore, LocalAdapterStore
 from policyopt.state.connection import connect
-from policyopt.state.queue import WorkQueue, consumer_name
+from policyopt.state.queue import POLL_S, WorkQueue, consumer_name
 from policyopt.state.runs import RunStore
 from policyopt.workers.algorithms import MethodSpec, run_method
-from policyopt.workers.engines import AdapterRef, RolloutEngine, Sample, SamplingParams, create_engine
+from policyopt.workers.engines import AdapterRef, RolloutEngine, Sample, create_engine
 from policyopt.workers.placement import configure_threads
+from policyopt.workers.rollout.breaker import COOLDOWN_S, FAILURE_THRESHOLD
+from policyopt.workers.rollout.groups import encode_prompt, package_group, sampling_params
+from policyopt.workers.rollout.retry import DEFER_S, Retry, after_failure
 from policyopt.workers.rollout.reward_client import RewardClient, ScoreInput
+from policyopt.workers.rollout.scoring import ScoreJob, ScoringLanes
 
 log = logging.getLogger(__name__)
 
 MAX_CACHED_METHODS = 1024
+MAX_PENDING_SCORES = 256
+"""Groups waiting for scores in one worker, over all endpoints; the loop stops claiming beyond it."""
+SHUTDOWN_GRACE_S = 10.0
+
+Sampled = tuple[list[int], list[Sample], Sample | None]  # prompt ids, the group's samples, a greedy one
 
 
 class RolloutWorker:
-    """Claims prompts from ``po:prompts`` and turns each into a scored ``TrajectoryGroup``."""
+    """Claims prompts run by run and turns each into a scored ``TrajectoryGroup``."""
 
     def __init__(
         self,
@@ -70,6 +81,10 @@ class RolloutWorker:
         adapter_store: AdapterStore | None = None,
         max_engines: int = 1,
         batch_prompts: int = 4,
+        max_pending_scores: int = MAX_PENDING_SCORES,
+        shutdown_grace_s: float = SHUTDOWN_GRACE_S,
+        breaker_threshold: int = FAILURE_THRESHOLD,
+        breaker_cooldown_s: float = COOLDOWN_S,
     ) -> None:
         self.settings = settings
         self.r = redis_client if redis_client is not None else connect(settings)
@@ -78,46 +93,80 @@ class RolloutWorker:
         )
         self.store = RunStore(self.r)
         self.adapters = adapter_store or LocalAdapterStore(settings.adapter_root)
-        self.rewards = RewardClient(settings)
+        self.rewards = RewardClient(
+            settings, breaker_threshold=breaker_threshold, breaker_cooldown_s=breaker_cooldown_s
+        )
         self.models = ModelCatalog.from_settings(settings)
         self.consumer = consumer or consumer_name("rollout")
         self.max_engines = max_engines
         self.batch_prompts = batch_prompts
+        self.max_pending_scores = max_pending_scores
+        self.shutdown_grace_s = shutdown_grace_s
+        self.lanes = ScoringLanes(settings.reward_concurrency, self._score_job)
         self._engines: OrderedDict[tuple[str, Path], RolloutEngine] = OrderedDict()
         self._methods: OrderedDict[str, MethodSpec] = OrderedDict()  # run -> its pinned method
+        self._held: dict[str, PromptTask] = {}  # claimed prompts in hand, by message id
+        self._jobs: dict[str, ScoreJob] = {}  # the held prompts that wait for scores
+        self._held_changed = threading.Condition()
+        self._toucher: threading.Thread | None = None
+        self._closed = threading.Event()
         self.threads = configure_threads(settings.torch_threads)
 
     # -- loop ------------------------------------------------------------------------------------------
     def run_forever(self, stop_event: threading.Event) -> None:
-        """Process prompts until ``stop_event`` is set; the prompts in hand are always finished first."""
+        """Process prompts until ``stop_event`` is set, then finish or give back the prompts in hand."""
         log.info("rollout worker %s started (%d torch threads)", self.consumer, self.threads)
         while not stop_event.is_set():
             try:
-                self.process_one()
+                self.process_one(block_ms=100)
             except redis.RedisError as exc:
                 log.warning("Redis is unavailable (%s); retrying in 1s", exc)
                 stop_event.wait(1.0)
             except Exception:
                 log.exception("rollout loop error; continuing")
                 stop_event.wait(1.0)
+        self.shutdown()
         log.info("rollout worker %s stopped", self.consumer)
 
     def process_one(self, block_ms: int = 1000) -> int:
-        """One claim round: up to ``batch_prompts`` prompts, sampled together per run; returns how many."""
+        """One claim round: up to ``batch_prompts`` prompts of one run, sampled together and handed to the
+        scoring lanes; returns how many were claimed (``wait_scored`` waits for their groups)."""
+        if self.lanes.outstanding() >= self.max_pending_scores:
+            time.sleep(POLL_S)
+            return 0
         claimed = self.queue.claim_prompts(self.consumer, count=self.batch_prompts, block_ms=block_ms)
+        self._hold(claimed)
         by_run: dict[str, list[tuple[str, PromptTask]]] = {}
         for message_id, task in claimed:
             by_run.setdefault(task.run_id, []).append((message_id, task))
         for items in by_run.values():
-            self.handle(items)
+            try:
+                self.handle(items)
+            except BaseException:
+                self._release([m for m, _ in items if m not in self._jobs])  # pending: reclaimed later
+                raise
         return len(claimed)
 
     def handle(self, items: list[tuple[str, PromptTask]]) -> None:
-        """Roll out claimed prompts of one run; queue each group and ack its prompt, or record why it failed."""
+        """Roll out claimed prompts of one run and queue their groups for scoring; or put them back while
+        the run's endpoint is backed up; or record why they failed."""
         run = self._running_run(items[0][1])
         if run is None:
             for message_id, task in items:
                 self.queue.complete_prompt(message_id, task, None)
+                self._release([message_id])
+            return
+        try:
+            endpoint = self._endpoint(run)
+        except PolicyOptError as exc:
+            for message_id, task in items:
+                self._fail(run, message_id, task, exc)
+            return
+        if endpoint is not None and self._backed_up(endpoint):
+            delay_s = max(DEFER_S, self.rewards.breaker(endpoint).retry_in())
+            for message_id, task in items:
+                self.queue.delay_prompt(message_id, task, delay_s)
+                self._release([message_id])
             return
         tasks = [task for _, task in items]
         with contextlib.ExitStack() as stack:
@@ -125,94 +174,116 @@ class RolloutWorker:
                 stack.enter_context(span_from(t.trace, "rollout", run_id=t.run_id, prompt_id=t.prompt_id))
                 for t in tasks
             ]
-            with self._keep_claimed([message_id for message_id, _ in items]):
-                try:
-                    outcomes = self.rollout(run, tasks, spans)
-                except redis.RedisError:
-                    raise
-                except Exception as exc:
-                    outcomes = [exc] * len(tasks)
-            for (message_id, task), span, outcome in zip(items, spans, outcomes, strict=True):
-                group = None
+            try:
+                outcomes = self.rollout(run, tasks)
+            except redis.RedisError:
+                raise
+            except Exception as exc:
+                outcomes = [exc] * len(tasks)
+            for span, outcome in zip(spans, outcomes, strict=True):
                 if isinstance(outcome, Exception):
                     span.record_exception(outcome)
-                    self._record_failure(run, task, outcome)
-                else:
-                    group = outcome
+        for (message_id, task), outcome in zip(items, outcomes, strict=True):
+            if isinstance(outcome, Exception):
+                self._fail(run, message_id, task, outcome)
+            elif endpoint is None:  # the method learns from the teacher alone; there is nothing to score
+                with span_from(task.trace, "package", run_id=task.run_id, prompt_id=task.prompt_id):
+                    group = package_group(run, task, outcome[0], outcome[1], [0.0] * len(outcome[1]), None)
                 self.queue.complete_prompt(message_id, task, group)
+                self._release([message_id])
+            else:
+                job = ScoreJob(message_id, task, run, endpoint, *outcome)
+                with self._held_changed:
+                    self._jobs[message_id] = job
+                self.lanes.submit(endpoint.address, job)
+
+    def wait_scored(self, timeout_s: float = 120.0) -> bool:
+        """Wait until every claimed prompt is finished (scored, retried or dropped); False on timeout."""
+        with self._held_changed:
+            return self._held_changed.wait_for(lambda: not self._held, timeout_s)
+
+    def shutdown(self) -> None:
+        """Give back the groups no lane started, wait ``shutdown_grace_s`` for the calls in flight, then give
+        back the rest: each goes back to its run's queue (nothing is lost, no attempt is spent)."""
+        for job in self.lanes.take_waiting():
+            self._give_back(job)
+        if not self.wait_scored(self.shutdown_grace_s):
+            with self._held_changed:
+                jobs = list(self._jobs.values())
+            for job in jobs:
+                if self.lanes.give_back(job):
+                    self._give_back(job)
 
     def close(self) -> None:
+        self.shutdown()
+        self._closed.set()
         for engine in self._engines.values():
             engine.close()
         self._engines.clear()
         self.rewards.close()
 
     # -- rollouts --------------------------------------------------------------------------------------
-    def rollout(
-        self, run: Run, tasks: list[PromptTask], spans: list[Span]
-    ) -> list[TrajectoryGroup | Exception]:
-        """Sample the prompts of one run in one batch with its newest adapter version; score each group.
+    def rollout(self, run: Run, tasks: list[PromptTask]) -> list[Sampled | Exception]:
+        """Sample the prompts of one run in one batch with its newest adapter version.
 
-        A failure that concerns one prompt (too long, its reward call) takes that prompt's place in the result;
-        one that concerns them all (no endpoint, the engine) is raised.
+        A failure that concerns one prompt (too long) takes that prompt's place in the result; one that
+        concerns them all (the engine, the adapter) is raised.
         """
         config = run.config
-        endpoint = self._endpoint(run)
         engine = self._engine(config)
         adapter = self._adapter(run)
-        outcomes: list[TrajectoryGroup | Exception | list[int]] = [_encode(engine, t, config) for t in tasks]
-        ready = [i for i, o in enumerate(outcomes) if isinstance(o, list)]
-        prompt_ids_list = [cast(list[int], outcomes[i]) for i in ready]
+        encoded = [encode_prompt(engine, t) for t in tasks]
+        ready = [i for i, e in enumerate(encoded) if not isinstance(e, Exception)]
+        prompt_ids_list = [cast(list[int], encoded[i]) for i in ready]
+        outcomes: list[Sampled | Exception] = [
+            e if isinstance(e, Exception) else (e, [], None) for e in encoded
+        ]
         if ready:
             longest = max(len(ids) for ids in prompt_ids_list)
-            params = _sampling_params(config, longest, engine.context_length)
+            params = sampling_params(config, longest, engine.context_length)
             groups = engine.sample(prompt_ids_list, config.group_size, params, adapter)
             greedy: list[Sample | None] = [None] * len(ready)
             if self._method(run).needs_greedy_baseline:  # ReMax: a greedy rollout's reward as baseline
                 greedy = list(engine.greedy(prompt_ids_list, params.max_new_tokens, adapter))
             for k, i in enumerate(ready):
-                with trace.use_span(spans[i], end_on_exit=False):
-                    outcomes[i] = self._group(
-                        run, tasks[i], endpoint, prompt_ids_list[k], groups[k], greedy[k]
-                    )
-        return cast(list[TrajectoryGroup | Exception], outcomes)
+                outcomes[i] = (prompt_ids_list[k], groups[k], greedy[k])
+        return outcomes
 
-    def _group(
-        self,
-        run: Run,
-        task: PromptTask,
-        endpoint: RewardEndpointInfo | None,
-        prompt_ids: list[int],
-        samples: list[Sample],
-        greedy: Sample | None,
-    ) -> TrajectoryGroup | Exception:
-        """Score one prompt's samples (and greedy baseline) and package them; a reward failure is returned."""
+    def _score_job(self, job: ScoreJob) -> None:
+        """On a lane thread: score one group, then queue it, retry its prompt or drop it."""
+        task = job.task
         try:
-            rewards = self._score(run, task, endpoint, [s.text for s in samples])
-            baseline = self._score(run, task, endpoint, [greedy.text])[0] if greedy is not None else None
-        except PolicyOptError as exc:
-            return exc
-        trajectories = [
-            _trajectory(s, reward, run.version) for s, reward in zip(samples, rewards, strict=True)
-        ]
-        return TrajectoryGroup(
-            run_id=run.run_id,
-            group_id=f"{task.prompt_id}-{uuid.uuid4().hex[:8]}",
-            prompt_id=task.prompt_id,
-            prompt=task.prompt,
-            prompt_ids=prompt_ids,
-            trajectories=trajectories,
-            adapter_version=run.version,
-            metadata=task.metadata,
-            baseline_reward=baseline,
-            trace=inject_context(),
-            attempt=task.attempt,
-        )
+            with span_from(task.trace, "score", run_id=task.run_id, prompt_id=task.prompt_id) as span:
+                outcome: TrajectoryGroup | Exception
+                try:
+                    rewards = self._score(job.run, task, job.endpoint, [s.text for s in job.samples])
+                    baseline = None
+                    if job.greedy is not None:
+                        baseline = self._score(job.run, task, job.endpoint, [job.greedy.text])[0]
+                    outcome = package_group(job.run, task, job.prompt_ids, job.samples, rewards, baseline)
+                except Exception as exc:
+                    span.record_exception(exc)
+                    outcome = exc
+            if not self.lanes.finish(job):
+                return  # given back at shutdown
+            if isinstance(outcome, Exception):
+                self._fail(job.run, job.message_id, task, outcome)
+            else:
+                self.queue.complete_prompt(job.message_id, task, outcome)
+        except redis.RedisError as exc:
+            log.warning("prompt %s of run %s stays pending: Redis is unavailable (%s)", task.prompt_id,
+                        task.run_id, exc)  # fmt: skip
+        finally:
+            self._release([job.message_id])
+
+    def _backed_up(self, endpoint: RewardEndpointInfo) -> bool:
+        """Whether new prompts for this endpoint should wait: its lane is full or its circuit is open."""
+        return self.lanes.saturated(endpoint.address) or self.rewards.breaker(endpoint).is_open()
 
     def _score(
         self, run: Run, task: PromptTask, endpoint: RewardEndpointInfo | None, completions: list[str]
     ) -> list[float]:
-        if endpoint is None:  # the method learns from the teacher alone; there is nothing to score
+        if endpoint is None:
             return [0.0] * len(completions)
         attributes: dict[str, str | int] = {"endpoint": endpoint.name, "completions": len(completions)}
         with tracer().start_as_current_span("reward_call", attributes=attributes):
@@ -266,13 +337,13 @@ class RolloutWorker:
                 _, old = self._engines.popitem(last=False)
                 old.close()
             log.info("loading %s engine for %s", config.engine, model_dir)
+            # vLLM keeps a window of versions per run (the newest plus those a rollout may lag behind
+            # by); the transformers engine keeps each run's newest versions under its own LRU cap.
+            options: dict[str, object] = (
+                {"max_loaded_adapters": config.max_staleness + 1} if config.engine == "vllm" else {}
+            )
             self._engines[key] = create_engine(
-                config.engine,
-                model_dir,
-                device=self.settings.device,
-                urls=self.settings.vllm_urls,
-                # The newest version plus those a rollout may still lag behind by.
-                max_loaded_adapters=config.max_staleness + 1,
+                config.engine, model_dir, device=self.settings.device, urls=self.settings.vllm_urls, **options
             )
         self._engines.move_to_end(key)
         return self._engines[key]
@@ -289,64 +360,60 @@ class RolloutWorker:
             ) from exc
         return AdapterRef(run_id=run.run_id, version=run.version, path=path)
 
-    def _record_failure(self, run: Run, task: PromptTask, exc: Exception) -> None:
-        if isinstance(exc, PolicyOptError):
-            message = f"prompt {task.prompt_id} skipped: {exc}"
-        else:
-            message = f"prompt {task.prompt_id} skipped: rollout failed with {type(exc).__name__}: {exc}"
-            log.exception("rollout of prompt %s (run %s) failed", task.prompt_id, run.run_id, exc_info=exc)
-        log.warning("%s", message)
-        self.store.record_error(run.run_id, message)
-
-    @contextlib.contextmanager
-    def _keep_claimed(self, message_ids: list[str]) -> Iterator[None]:
-        """Touch the prompts while they are worked on, so no other worker takes them as abandoned."""
-        done = threading.Event()
-        period_s = max(0.05, self.settings.claim_idle_ms / 3000)
-
-        def touch() -> None:
-            while not done.wait(period_s):
-                for message_id in message_ids:
-                    with contextlib.suppress(redis.RedisError):
-                        self.queue.touch_prompt(self.consumer, message_id)
-
-        thread = threading.Thread(target=touch, name="touch-prompts", daemon=True)
-        thread.start()
+    def _fail(self, run: Run, message_id: str, task: PromptTask, exc: Exception) -> None:
+        """Retry the prompt later (transient reward failure) or end it with an ERROR event."""
+        decision = after_failure(
+            task, exc, max_attempts=self.settings.reward_max_attempts,
+            base_backoff_s=self.settings.reward_retry_backoff_s,
+        )  # fmt: skip
         try:
-            yield
+            if isinstance(decision, Retry):
+                self.queue.delay_prompt(message_id, decision.task, decision.delay_s)
+                what = f"retry {decision.task.reward_attempts}" if decision.counted else "deferred"
+                log.info("prompt %s of run %s: %s; %s in %.1fs", task.prompt_id, run.run_id, exc, what,
+                         decision.delay_s)  # fmt: skip
+                return
+            if not isinstance(exc, PolicyOptError):
+                log.exception(
+                    "rollout of prompt %s (run %s) failed", task.prompt_id, run.run_id, exc_info=exc
+                )
+            log.warning("%s", decision.message)
+            self.store.record_error(run.run_id, decision.message)
+            self.queue.complete_prompt(message_id, task, None)
         finally:
-            done.set()
-            thread.join()
+            self._release([message_id])
 
+    # -- prompts in hand -------------------------------------------------------------------------------
+    def _hold(self, claims: list[tuple[str, PromptTask]]) -> None:
+        with self._held_changed:
+            self._held.update(claims)
+            if self._toucher is None and claims:
+                self._toucher = threading.Thread(target=self._touch_held, name="touch-prompts", daemon=True)
+                self._toucher.start()
 
-def _sampling_params(config: RunConfig, prompt_len: int, context_length: int) -> SamplingParams:
-    """The run's sampling, with max_new_tokens cut so prompt + completion fit the context."""
-    room = max(1, context_length - prompt_len)
-    return SamplingParams(
-        max_new_tokens=min(config.max_new_tokens, room), temperature=config.temperature, top_p=config.top_p
-    )
+    def _release(self, message_ids: list[str]) -> None:
+        with self._held_changed:
+            for message_id in message_ids:
+                self._held.pop(message_id, None)
+                self._jobs.pop(message_id, None)
+            self._held_changed.notify_all()
 
+    def _give_back(self, job: ScoreJob) -> None:
+        try:
+            self.queue.delay_prompt(job.message_id, job.task, 0.0)
+        except redis.RedisError as exc:  # it stays pending and is reclaimed after claim_idle_ms
+            log.warning("could not give back prompt %s (%s)", job.task.prompt_id, exc)
+        self._release([job.message_id])
 
-def _encode(engine: RolloutEngine, task: PromptTask, config: RunConfig) -> list[int] | Exception:
-    """The prompt's token ids with the chat template, or why it cannot be rolled out."""
-    prompt_ids = engine.encode_chat(task.prompt)
-    if len(prompt_ids) >= engine.context_length:
-        return InvalidArgument(
-            f"the prompt is {len(prompt_ids)} tokens with the chat template and the model's context is "
-            f"{engine.context_length}; shorten the prompt"
-        )
-    return prompt_ids
-
-
-def _trajectory(sample: Sample, reward: float, version: int) -> Trajectory:
-    return Trajectory(
-        completion_ids=sample.completion_ids,
-        sampler_logprobs=sample.sampler_logprobs,
-        text=sample.text,
-        reward=reward,
-        finish_reason=sample.finish_reason,
-        version=version,
-    )
+    def _touch_held(self) -> None:
+        """Touch every prompt in hand a few times per ``claim_idle_ms``, so no other worker takes them."""
+        period_s = max(0.05, self.settings.claim_idle_ms / 3000)
+        while not self._closed.wait(period_s):
+            with self._held_changed:
+                held = list(self._held.items())
+            if held:
+                with contextlib.suppress(redis.RedisError):
+                    self.queue.touch_prompts(self.consumer, held)
 
 
 __all__ = ["RolloutWorker"]

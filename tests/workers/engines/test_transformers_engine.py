@@ -111,7 +111,10 @@ def test_adapter_versions_are_loaded_swapped_and_bypassed(
     params = SamplingParams(max_new_tokens=10, seed=4)
     with_v1 = engine.sample([prompt], 2, params, v1)[0]
     with_v2 = engine.sample([prompt], 2, params, v2)[0]
-    assert list(engine._adapters) == ["run-a@v2"]  # the older version of the run was dropped
+    assert list(engine._adapters) == ["run-a@v1", "run-a@v2"]  # the version before may still be sampled
+    v3 = AdapterRef("run-a", 3, make_adapter(tiny_model_dir, tmp_path / "v000003", seed=3))
+    engine.sample([prompt], 2, params, v3)
+    assert list(engine._adapters) == ["run-a@v2", "run-a@v3"]  # beyond the run's two newest: dropped
     base, _ = load_model(tiny_model_dir, resolve_placement("cpu", "float32"))
     lora = PeftModel.from_pretrained(base, str(v2.path)).eval()
     for sample in with_v2:

@@ -71,7 +71,7 @@ def _run_with_endpoint(store: RunStore, model_dir: Path, address: str) -> str:
 def _error_after_one_prompt(worker: RolloutWorker, store: RunStore, run_id: str) -> str:
     WorkQueue(store.r).enqueue_prompts([PromptTask(run_id=run_id, prompt_id="p0", prompt="2 + 2?")])
     while worker.process_one(block_ms=100):
-        pass
+        assert worker.wait_scored(timeout_s=60)
     (message,) = [e.message for e in store.read_events(run_id) if e.kind == EventKind.ERROR]
     return message
 
@@ -86,7 +86,7 @@ def test_a_closed_port_an_http_server_a_redis_and_a_grpc_server_give_the_same_ev
 ) -> None:
     settings = Settings(
         redis_url=fresh_redis_url, data_dir=str(tmp_path), device="cpu", torch_threads=1,
-        reward_retries=1, reward_timeout_s=2.0, **local_policy,
+        reward_retries=1, reward_timeout_s=2.0, reward_max_attempts=1, **local_policy,
     )  # fmt: skip
     worker = RolloutWorker(settings, redis_client=fresh_redis, consumer="scan")
     worker.rewards.backoff_s = 0.01

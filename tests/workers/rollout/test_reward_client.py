@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import time
 
 import grpc
 import pytest
@@ -104,3 +105,46 @@ def test_a_slow_endpoint_runs_into_its_deadline() -> None:
     endpoint = RewardEndpointInfo("ep", "", timeout_s=0.2)
     with reward_server(service) as address, pytest.raises(RewardEndpointError, match="deadline"):
         make_client(retries=1).score(RewardEndpointInfo("ep", address, endpoint.timeout_s), GROUP)
+
+
+@pytest.mark.parametrize(
+    ("code", "transient"),
+    [
+        (grpc.StatusCode.UNAVAILABLE, True),
+        (grpc.StatusCode.DEADLINE_EXCEEDED, True),
+        (grpc.StatusCode.RESOURCE_EXHAUSTED, True),
+        (grpc.StatusCode.UNIMPLEMENTED, True),
+        (grpc.StatusCode.INVALID_ARGUMENT, False),
+        (grpc.StatusCode.INTERNAL, False),
+    ],
+)
+def test_failures_are_marked_transient_or_permanent(code: grpc.StatusCode, transient: bool) -> None:
+    service = ScriptedRewardService(fn=flaky(100, code))
+    with reward_server(service) as address, pytest.raises(RewardEndpointError) as info:
+        make_client(retries=0).score(RewardEndpointInfo("ep", address), GROUP)
+    assert info.value.transient is transient and not info.value.circuit_open
+
+
+def test_wrong_answers_are_permanent() -> None:
+    service = ScriptedRewardService(fn=lambda req, ctx: [1.0])
+    with reward_server(service) as address, pytest.raises(RewardEndpointError) as info:
+        make_client().score(RewardEndpointInfo("ep", address), GROUP)
+    assert not info.value.transient
+
+
+def test_the_circuit_opens_after_failures_in_a_row_and_calls_then_fail_fast() -> None:
+    service = ScriptedRewardService(fn=flaky(3, grpc.StatusCode.UNAVAILABLE))
+    settings = Settings(reward_retries=0, reward_timeout_s=5.0, endpoint_allowlist=LOCAL_ALLOWLIST)
+    client = RewardClient(settings, breaker_threshold=3, breaker_cooldown_s=0.3)
+    with reward_server(service) as address:
+        endpoint = RewardEndpointInfo("ep", address)
+        for _ in range(3):
+            with pytest.raises(RewardEndpointError):
+                client.score(endpoint, GROUP)
+        with pytest.raises(RewardEndpointError, match="3 times in a row") as info:
+            client.score(endpoint, GROUP)
+        assert info.value.circuit_open and info.value.transient and 0 < info.value.retry_after_s <= 0.3
+        assert len(service.requests) == 3  # the fourth call never left
+        time.sleep(0.35)
+        assert client.score(endpoint, GROUP) == [1.0, 4.0, 9.0]  # the trial call succeeds: closed again
+        assert client.breaker(endpoint).state == "closed"

@@ -9,100 +9,36 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 import redis
-from support.rollout import ScriptedRewardService, dead_address, make_adapter, reward_server
+from support.rollout import (
+    TENANT,
+    ScriptedRewardService,
+    create_run,
+    dead_address,
+    error_messages,
+    make_adapter,
+    make_worker,
+    pending_prompts,
+    process,
+    queued_groups,
+    reward_server,
+    submit,
+)
 
 from policyopt.core.settings import Settings
 from policyopt.core.types import (
     AdapterManifest,
-    EventKind,
     MethodChoice,
-    PromptTask,
-    RewardEndpointInfo,
     RunConfig,
     RunStatus,
     TeacherConfig,
-    TrajectoryGroup,
-    from_json,
 )
 from policyopt.state import LocalAdapterStore
-from policyopt.state.queue import PROMPTS_STREAM, ROLLOUT_GROUP, TRAINER_GROUP, WorkQueue, groups_stream
+from policyopt.state.queue import TRAINER_GROUP, WorkQueue, groups_stream, prompts_stream
 from policyopt.state.runs import RunStore
-from policyopt.workers.algorithms import pin_method, resolve_method
-from policyopt.workers.rollout.worker import RolloutWorker
-
-TENANT = "acme"
-
-
-@pytest.fixture
-def settings(fresh_redis_url: str, tmp_path: Path, local_policy: dict[str, tuple[str, ...]]) -> Settings:
-    return Settings(
-        redis_url=fresh_redis_url, data_dir=str(tmp_path), device="cpu", torch_threads=1,
-        reward_retries=1, reward_timeout_s=2.0, claim_idle_ms=60000, **local_policy,
-    )  # fmt: skip
-
-
-@pytest.fixture
-def service() -> Iterator[tuple[ScriptedRewardService, str]]:
-    scripted = ScriptedRewardService()
-    with reward_server(scripted) as address:
-        yield scripted, address
-
-
-def make_worker(
-    settings: Settings, fresh_redis: redis.Redis, consumer: str = "w1", **overrides: object
-) -> RolloutWorker:
-    worker = RolloutWorker(settings.replace(**overrides), redis_client=fresh_redis, consumer=consumer)
-    worker.rewards.backoff_s = 0.01
-    return worker
-
-
-def create_run(
-    fresh_redis: redis.Redis, tiny_model_dir: Path, address: str, endpoint: str = "ep", **config: object
-) -> str:
-    store = RunStore(fresh_redis)
-    store.register_endpoint(TENANT, RewardEndpointInfo(endpoint, address))
-    """A run as CreateRun stores it: its method (grpo unless ``method=`` says) resolved and pinned."""
-    values: dict[str, Any] = {"group_size": 3, "max_new_tokens": 6, "method": MethodChoice("grpo"), **config}
-    values["resolved_method"] = pin_method(resolve_method(values["method"]))
-    run_config = RunConfig(base_model=str(tiny_model_dir), reward_endpoint=endpoint, **values)
-    return store.create_run(TENANT, run_config).run_id
-
-
-def submit(
-    fresh_redis: redis.Redis, run_id: str, n: int = 1, prefix: str = "p", trace: dict[str, str] | None = None
-) -> list[str]:
-    tasks = [
-        PromptTask(
-            run_id=run_id,
-            prompt_id=f"{prefix}{i}",
-            prompt=f"What is {i} + 2?",
-            metadata={"answer": str(i + 2)},
-            trace=trace or {},
-        )
-        for i in range(n)
-    ]
-    return WorkQueue(fresh_redis).enqueue_prompts(tasks)
-
-
-def queued_groups(fresh_redis: redis.Redis, run_id: str) -> list[TrajectoryGroup]:
-    return [
-        from_json(TrajectoryGroup, fields[b"data"])
-        for _id, fields in fresh_redis.xrange(groups_stream(run_id))
-    ]
-
-
-def pending_prompts(fresh_redis: redis.Redis) -> int:
-    return int(fresh_redis.xpending(PROMPTS_STREAM, ROLLOUT_GROUP)["pending"])
-
-
-def error_messages(fresh_redis: redis.Redis, run_id: str) -> list[str]:
-    return [e.message for e in RunStore(fresh_redis).read_events(run_id) if e.kind == EventKind.ERROR]
 
 
 def test_a_scored_group_lands_in_the_groups_stream_and_the_prompt_is_acked(
@@ -115,7 +51,7 @@ def test_a_scored_group_lands_in_the_groups_stream_and_the_prompt_is_acked(
     run_id = create_run(fresh_redis, tiny_model_dir, address)
     submit(fresh_redis, run_id, n=2)
     worker = make_worker(settings, fresh_redis)
-    assert worker.process_one(block_ms=100) == 2
+    assert process(worker) == 2
     groups = queued_groups(fresh_redis, run_id)
     assert sorted(g.prompt_id for g in groups) == ["p0", "p1"]
     for group in groups:
@@ -124,7 +60,7 @@ def test_a_scored_group_lands_in_the_groups_stream_and_the_prompt_is_acked(
         for traj in group.trajectories:
             assert len(traj.sampler_logprobs) == len(traj.completion_ids) > 0
             assert all(math.isfinite(x) and x <= 0 for x in traj.sampler_logprobs)
-    assert pending_prompts(fresh_redis) == 0 and fresh_redis.xlen(PROMPTS_STREAM) == 0
+    assert pending_prompts(fresh_redis, run_id) == 0 and fresh_redis.xlen(prompts_stream(run_id)) == 0
     assert WorkQueue(fresh_redis).queued_prompts(run_id) == 0
     assert len(scripted.requests) == 2 and scripted.metadata_of(0)["answer"] in ("2", "3")
 
@@ -143,24 +79,32 @@ def test_nan_scores_become_an_error_event_and_the_worker_goes_on(
         submit(fresh_redis, bad_run, n=1, prefix="bad")
         submit(fresh_redis, good_run, n=1, prefix="good")
         worker = make_worker(settings, fresh_redis)
-        while worker.process_one(block_ms=100):
+        while process(worker):
             pass
     (message,) = error_messages(fresh_redis, bad_run)
     assert "bad0" in message and "non-finite" in message and "nan-ep" in message
     assert queued_groups(fresh_redis, bad_run) == []
     assert [g.prompt_id for g in queued_groups(fresh_redis, good_run)] == ["good0"]
-    assert pending_prompts(fresh_redis) == 0
+    assert pending_prompts(fresh_redis, bad_run) == pending_prompts(fresh_redis, good_run) == 0
 
 
-def test_a_dead_endpoint_is_an_error_after_retries(
+def test_a_dead_endpoint_is_retried_then_dropped_after_the_last_attempt(
     settings: Settings, fresh_redis: redis.Redis, tiny_model_dir: Path
 ) -> None:
     run_id = create_run(fresh_redis, tiny_model_dir, dead_address())
     submit(fresh_redis, run_id, n=1)
-    make_worker(settings, fresh_redis).process_one(block_ms=100)
+    worker = make_worker(settings, fresh_redis, reward_max_attempts=3, reward_retry_backoff_s=0.05)
+    deadline = time.monotonic() + 60
+    while not error_messages(fresh_redis, run_id) and time.monotonic() < deadline:
+        process(worker)
     (message,) = error_messages(fresh_redis, run_id)
-    assert "could not score" in message and "unreachable" in message
-    assert queued_groups(fresh_redis, run_id) == [] and pending_prompts(fresh_redis) == 0
+    assert (
+        "p0 dropped after 3 rollouts" in message and "could not score" in message and "unreachable" in message
+    )
+    assert queued_groups(fresh_redis, run_id) == [] and pending_prompts(fresh_redis, run_id) == 0
+    assert (
+        WorkQueue(fresh_redis).queued_prompts(run_id) == 0 and WorkQueue(fresh_redis).delayed_prompts() == []
+    )
 
 
 def test_a_prompt_of_a_dead_worker_is_claimed_by_another(
@@ -174,12 +118,12 @@ def test_a_prompt_of_a_dead_worker_is_claimed_by_another(
     submit(fresh_redis, run_id, n=1)
     dead = WorkQueue(fresh_redis, claim_idle_ms=100)
     assert len(dead.claim_prompts("dead-worker", count=1, block_ms=100)) == 1  # claimed, then the worker died
-    assert pending_prompts(fresh_redis) == 1
+    assert pending_prompts(fresh_redis, run_id) == 1
     survivor = make_worker(settings, fresh_redis, consumer="w2", claim_idle_ms=100)
     time.sleep(0.2)
-    assert survivor.process_one(block_ms=100) == 1
+    assert process(survivor) == 1
     assert [g.prompt_id for g in queued_groups(fresh_redis, run_id)] == ["p0"]
-    assert pending_prompts(fresh_redis) == 0
+    assert pending_prompts(fresh_redis, run_id) == 0
 
 
 def test_prompts_of_a_run_that_is_not_running_are_dropped(
@@ -192,10 +136,10 @@ def test_prompts_of_a_run_that_is_not_running_are_dropped(
     run_id = create_run(fresh_redis, tiny_model_dir, address)
     submit(fresh_redis, run_id, n=2)
     RunStore(fresh_redis).set_status(run_id, RunStatus.CANCELLED)
-    make_worker(settings, fresh_redis).process_one(block_ms=100)
+    process(make_worker(settings, fresh_redis))
     assert (
         queued_groups(fresh_redis, run_id) == []
-        and pending_prompts(fresh_redis) == 0
+        and pending_prompts(fresh_redis, run_id) == 0
         and scripted.requests == []
     )
 
@@ -216,7 +160,7 @@ def test_rollouts_use_and_record_the_newest_adapter_version(
     LocalAdapterStore(settings.adapter_root).publish(run_id, 1, files, manifest)
     RunStore(fresh_redis).commit_step(WorkQueue(fresh_redis), manifest, [])
     submit(fresh_redis, run_id, n=1)
-    make_worker(settings, fresh_redis).process_one(block_ms=100)
+    process(make_worker(settings, fresh_redis))
     (group,) = queued_groups(fresh_redis, run_id)
     assert group.adapter_version == 1 and {t.version for t in group.trajectories} == {1}
     assert scripted.requests[0].adapter_version == 1
@@ -231,7 +175,7 @@ def test_remax_runs_get_a_scored_greedy_baseline(
     scripted, address = service
     run_id = create_run(fresh_redis, tiny_model_dir, address, method=MethodChoice(preset="remax"))
     submit(fresh_redis, run_id, n=1)
-    make_worker(settings, fresh_redis).process_one(block_ms=100)
+    process(make_worker(settings, fresh_redis))
     (group,) = queued_groups(fresh_redis, run_id)
     assert len(scripted.requests) == 2  # the group, then the greedy completion
     assert group.baseline_reward == float(len(scripted.requests[1].completions[0]))
@@ -246,7 +190,7 @@ def test_pure_distillation_runs_sample_without_a_reward_endpoint(
     )  # fmt: skip
     run_id = RunStore(fresh_redis).create_run(TENANT, config).run_id
     submit(fresh_redis, run_id, n=1)
-    assert make_worker(settings, fresh_redis).process_one(block_ms=100) == 1
+    assert process(make_worker(settings, fresh_redis)) == 1
     (group,) = queued_groups(fresh_redis, run_id)
     assert [t.reward for t in group.trajectories] == [0.0, 0.0, 0.0]
     assert not error_messages(fresh_redis, run_id)
@@ -271,7 +215,7 @@ def test_run_forever_finishes_the_prompt_in_hand_when_stopped(
     stop.set()
     thread.join(timeout=30)
     assert not thread.is_alive()
-    assert len(queued_groups(fresh_redis, run_id)) == 1 and pending_prompts(fresh_redis) == 0
+    assert len(queued_groups(fresh_redis, run_id)) == 1 and pending_prompts(fresh_redis, run_id) == 0
     assert fresh_redis.xinfo_groups(groups_stream(run_id))[0]["name"].decode() == TRAINER_GROUP
 
 
@@ -285,7 +229,7 @@ def test_the_trace_context_travels_from_the_prompt_to_the_group(
     run_id = create_run(fresh_redis, tiny_model_dir, address)
     trace_id = "4bf92f3577b34da6a3ce929d0e0e4736"
     submit(fresh_redis, run_id, n=1, trace={"traceparent": f"00-{trace_id}-00f067aa0ba902b7-01"})
-    make_worker(settings, fresh_redis).process_one(block_ms=100)
+    process(make_worker(settings, fresh_redis))
     (group,) = queued_groups(fresh_redis, run_id)
     assert trace_id in group.trace["traceparent"]
 
@@ -315,4 +259,4 @@ def test_sigterm_lets_the_worker_process_exit_cleanly(
     finally:
         if proc.poll() is None:
             proc.kill()
-    assert pending_prompts(fresh_redis) == 0
+    assert pending_prompts(fresh_redis, run_id) == 0
