@@ -87,6 +87,18 @@ def _class_name_from(exc: grpc.RpcError) -> str:
     return ""
 
 
+def _transport_limit_hint(details: str) -> str:
+    """What to do about the limits grpc enforces itself, before the service sees the call."""
+    if "larger than max" in details:
+        return (
+            "; the message is larger than the server accepts (its POLICYOPT_MAX_REQUEST_MB, or the client's "
+            "own receive limit): send fewer prompts or trajectories per call"
+        )
+    if "Concurrent RPC limit" in details:
+        return "; the server is serving all the calls its threads allow: retry in a moment"
+    return ""
+
+
 def error_from_rpc(exc: grpc.RpcError, unreachable_hint: str = "") -> PolicyOptError:
     """The SDK exception for a failed call: the server's error class when it sent one, else by status code.
 
@@ -100,6 +112,8 @@ def error_from_rpc(exc: grpc.RpcError, unreachable_hint: str = "") -> PolicyOptE
     class_name = _class_name_from(exc)
     if code == grpc.StatusCode.UNAVAILABLE and not class_name and unreachable_hint:
         details = f"{details}; {unreachable_hint}"
+    if code == grpc.StatusCode.RESOURCE_EXHAUSTED and not class_name:
+        details = f"{details}{_transport_limit_hint(details)}"
     cls = _BY_NAME.get(class_name) or _BY_CODE.get(code, PolicyOptError)
     error = cls(details)
     vars(error)["status_code"] = code  # the core's error classes know nothing of grpc, so no such field

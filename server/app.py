@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import signal
+import sys
 import threading
 from concurrent import futures
 from types import FrameType, TracebackType
@@ -18,6 +20,7 @@ from policyopt.core.errors import InvalidArgument
 from policyopt.core.settings import Settings
 from policyopt.core.telemetry import setup_telemetry
 from policyopt.server.interceptors import server_interceptors
+from policyopt.server.limits import LimitsInterceptor, ThreadPlan
 from policyopt.server.servicer import PolicyOptimizerServicer
 from policyopt.state import connect
 from policyopt.v1 import policyopt_pb2 as pb
@@ -27,6 +30,8 @@ log = logging.getLogger(__name__)
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["PolicyOptimizer"].full_name
 HEALTH_INTERVAL_S = 5.0
+MMAP_THRESHOLD_BYTES = 1 << 20
+_M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
 
 
 class PolicyOptServer:
@@ -39,6 +44,7 @@ class PolicyOptServer:
         host: str,
         r: redis.Redis,
         health_servicer: health.HealthServicer,
+        limits: LimitsInterceptor | None = None,
     ):
         self.server = server
         self.port = port
@@ -46,6 +52,7 @@ class PolicyOptServer:
         self._redis = r
         self._health = health_servicer
         self._stopped = threading.Event()
+        self.limits = limits  # the per-tenant slots: what each tenant holds open now
         self._monitor = threading.Thread(target=self._watch_redis, name="policyopt-health", daemon=True)
 
     @property
@@ -114,20 +121,30 @@ def build_server(
     settings: Settings,
     *,
     r: redis.Redis | None = None,
-    max_workers: int = 32,
+    max_workers: int | None = None,
     poll_ms: int = 1000,
 ) -> PolicyOptServer:
-    """A server on ``settings.host:settings.port`` (port 0 picks a free one), not yet started."""
+    """A server on ``settings.host:settings.port`` (port 0 picks a free one), not yet started.
+
+    ``max_workers`` threads serve calls (default: ``ThreadPlan.for_settings``); half of them at most hold
+    streams, and grpc refuses calls beyond them with RESOURCE_EXHAUSTED instead of queueing (``limits``).
+    """
     credentials = server_tls(settings)  # before anything starts: a bad file fails here, with its name
     r = r if r is not None else connect(settings)
     if not settings.api_keys:
         log.warning(
             "POLICYOPT_API_KEYS is empty: auth is off and every caller is tenant 'default' (local use only)"
         )
+    plan = ThreadPlan.for_settings(settings, max_workers)
+    limits = LimitsInterceptor(settings, plan)
     server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="policyopt-rpc"),
-        interceptors=server_interceptors(settings.api_keys, settings.reflection_public),
-        options=[("grpc.max_send_message_length", 8 << 20), ("grpc.max_receive_message_length", 64 << 20)],
+        futures.ThreadPoolExecutor(max_workers=plan.pool, thread_name_prefix="policyopt-rpc"),
+        interceptors=server_interceptors(settings.api_keys, settings.reflection_public, limits),
+        options=[
+            ("grpc.max_send_message_length", 8 << 20),
+            ("grpc.max_receive_message_length", settings.max_request_mb << 20),
+        ],
+        maximum_concurrent_rpcs=plan.pool,
     )
     servicer = PolicyOptimizerServicer(settings, r, poll_ms=poll_ms)
     pb_grpc.add_PolicyOptimizerServicer_to_server(servicer, server)
@@ -141,13 +158,29 @@ def build_server(
         port = server.add_insecure_port(address)
     if port == 0:
         raise OSError(f"cannot bind {settings.host}:{settings.port}; is another server on that port?")
-    built = PolicyOptServer(server, port, settings.host, r, health_servicer)
+    built = PolicyOptServer(server, port, settings.host, r, health_servicer, limits)
     built._set_serving(True)
     return built
 
 
+def return_large_buffers_to_the_os() -> None:
+    """Serve allocations of 1 MiB and more with mmap, so a large request's memory goes back when freed.
+
+    glibc raises its mmap threshold after each large free (up to 32 MiB); later request-sized buffers then
+    come from the per-thread arenas, which keep them: with dozens of pool threads the server's RSS crept up
+    by about one large request per arena. A fixed threshold turns that adjustment off (glibc only).
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        ctypes.CDLL("libc.so.6").mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES)
+    except (OSError, AttributeError):  # musl or another libc: keep its own policy
+        log.debug("mallopt unavailable; large request buffers follow the libc's policy")
+
+
 def serve(settings: Settings, grace_s: float = 10.0) -> None:
     """Run until SIGTERM or SIGINT, then stop gracefully. Prints the bound address."""
+    return_large_buffers_to_the_os()
     setup_telemetry(settings, "policyopt-server")
     running = build_server(settings).start()
     tls = ("mutual TLS" if settings.tls_client_ca else "TLS") if settings.tls_cert else "plaintext"

@@ -1,8 +1,9 @@
-"""Server interceptors, outermost first: auth -> telemetry -> errors.
+"""Server interceptors, outermost first: auth -> limits -> telemetry -> errors.
 
 - ``AuthInterceptor`` maps the API key (``x-api-key`` or ``authorization: Bearer KEY``) to a tenant
   and binds it to ``current_tenant()`` for the handler; a missing or wrong key is UNAUTHENTICATED.
   Health checking is open to probes; reflection needs a key unless ``reflection_public`` opens it.
+- ``limits.LimitsInterceptor`` (its own module) holds each tenant to its open streams and concurrent calls.
 - ``TelemetryInterceptor`` opens a server span, parented on the caller's W3C trace context.
 - ``ErrorInterceptor`` is the one place where exceptions become statuses (``server.errors``). It also
   decodes requests itself, so bytes that are not a valid message (invalid UTF-8, nesting past protobuf's
@@ -39,6 +40,11 @@ _tenant: contextvars.ContextVar[str] = contextvars.ContextVar("policyopt_tenant"
 def current_tenant() -> str:
     """The tenant of the call being handled (set by ``AuthInterceptor``)."""
     return _tenant.get()
+
+
+def tenant_or_none() -> str | None:
+    """The tenant of the call being handled; None for calls open without a key (health, reflection)."""
+    return _tenant.get(None)
 
 
 def wrap_handler(
@@ -283,7 +289,10 @@ def _mapping_errors(behavior: Callable[..., object], streaming: bool) -> Callabl
 
 
 def server_interceptors(
-    api_keys: dict[str, str], reflection_public: bool = False
+    api_keys: dict[str, str],
+    reflection_public: bool = False,
+    limits: grpc.ServerInterceptor | None = None,
 ) -> Sequence[grpc.ServerInterceptor]:
-    """The interceptor chain in order: auth -> telemetry -> errors."""
-    return (AuthInterceptor(api_keys, reflection_public), TelemetryInterceptor(), ErrorInterceptor())
+    """The interceptor chain in order: auth -> limits (when given) -> telemetry -> errors."""
+    auth = AuthInterceptor(api_keys, reflection_public)
+    return (auth, *([limits] if limits else []), TelemetryInterceptor(), ErrorInterceptor())

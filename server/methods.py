@@ -42,6 +42,15 @@ def of_run(config: RunConfig) -> MethodSpec:
     return run_method(config)
 
 
+def counts(spec: MethodSpec) -> dict[str, int]:
+    """The method's counts the server bounds (``bounds.METHOD_RANGES``), keyed as a tenant overrides them."""
+    return {
+        "trajectory_side.epochs": spec.trajectory_side.epochs,
+        "trajectory_side.mini_batches": spec.trajectory_side.mini_batches,
+        "reward_side.group_filter.max_extra_rounds": spec.group_filter.max_extra_rounds,
+    }
+
+
 def catalog() -> tuple[list[ChoiceInfo], list[PresetInfo]]:
     """Every choice on each axis and every preset, for ListMethods."""
     from policyopt.workers.algorithms import list_methods
@@ -49,4 +58,4 @@ def catalog() -> tuple[list[ChoiceInfo], list[PresetInfo]]:
     return list_methods()
 
 
-__all__ = ["catalog", "of_run", "pin", "resolve", "with_teacher_coef"]
+__all__ = ["catalog", "counts", "of_run", "pin", "resolve", "with_teacher_coef"]

@@ -6,7 +6,7 @@ Errors are raised as ``policyopt.core.errors`` and mapped to statuses by the err
 
 from __future__ import annotations
 
-import math
+import threading
 import uuid
 from collections.abc import Iterator
 from dataclasses import replace
@@ -15,7 +15,7 @@ import grpc
 import redis
 
 from policyopt.core import identifiers
-from policyopt.core.errors import FailedPrecondition, InvalidArgument
+from policyopt.core.errors import FailedPrecondition, InvalidArgument, ResourceExhausted
 from policyopt.core.identifiers import quote
 from policyopt.core.outbound import OutboundPolicy, parse_base_url
 from policyopt.core.settings import Settings
@@ -23,13 +23,14 @@ from policyopt.core.telemetry import inject_context
 from policyopt.core.types import PromptTask, RewardEndpointInfo, Run, RunConfig, RunStatus
 from policyopt.models import ModelCatalog
 from policyopt.server import convert, methods, streams
-from policyopt.server.interceptors import current_tenant
-from policyopt.server.validation import (
-    PromptLengthChecker,
+from policyopt.server.bounds import (
+    validate_method_counts,
+    validate_reward_timeout,
     validate_run_config,
-    validate_teacher,
-    validate_trajectory_groups,
 )
+from policyopt.server.interceptors import current_tenant
+from policyopt.server.lora_targets import LoraTargetChecker
+from policyopt.server.validation import PromptLengthChecker, validate_teacher, validate_trajectory_groups
 from policyopt.state import AdapterStore, LocalAdapterStore, RunStore, WorkQueue
 from policyopt.v1 import policyopt_pb2 as pb
 from policyopt.v1 import policyopt_pb2_grpc as pb_grpc
@@ -44,6 +45,8 @@ class PolicyOptimizerServicer(pb_grpc.PolicyOptimizerServicer):
         )
         self.adapters: AdapterStore = LocalAdapterStore(settings.adapter_root)
         self.lengths = PromptLengthChecker(ModelCatalog.from_settings(settings))
+        self.lora_targets = LoraTargetChecker(self.lengths.model_dir)
+        self._creating = threading.Lock()  # active-run count and creation, one CreateRun at a time
         self.outbound = OutboundPolicy.from_settings(settings)  # a bad allowlist fails at startup
         self.poll_ms = poll_ms
 
@@ -56,8 +59,7 @@ class PolicyOptimizerServicer(pb_grpc.PolicyOptimizerServicer):
         self, request: pb.RegisterRewardEndpointRequest, context: grpc.ServicerContext
     ) -> pb.RewardEndpoint:
         identifiers.endpoint_name(request.name)
-        if not math.isfinite(request.timeout_s) or request.timeout_s < 0:
-            raise InvalidArgument(f"timeout_s must be >= 0 (0: the server default), got {request.timeout_s}")
+        validate_reward_timeout(request.timeout_s, self.settings)
         self.outbound.check_address(request.address, f"reward endpoint {quote(request.name)}")
         endpoint = RewardEndpointInfo(
             name=request.name,
@@ -77,16 +79,29 @@ class PolicyOptimizerServicer(pb_grpc.PolicyOptimizerServicer):
     # -- runs ----------------------------------------------------------------------------------------
     def CreateRun(self, request: pb.CreateRunRequest, context: grpc.ServicerContext) -> pb.Run:
         config = convert.run_config_from_request(request)
-        validate_run_config(config)
+        validate_run_config(config, self.settings)
         spec = methods.resolve(config.method)  # once: the run keeps the resolved method, pinned
+        validate_method_counts(methods.counts(spec), config.group_size * config.prompts_per_step)
         validate_teacher(config, spec.needs, self._vocab_size)
         folded = convert.fold_teacher_coef(config)  # the coef also shows in the overrides as asked
         if folded is not config:
             spec = methods.with_teacher_coef(spec, config.teacher.coef)
         config = replace(folded, resolved_method=methods.pin(spec))
         self._check_outbound(config)  # the reward endpoint must exist, and both endpoints be allowed
-        self.lengths.model(config.base_model)  # the model must resolve and its tokenizer load
-        return convert.run_to_proto(self.store.create_run(current_tenant(), config))
+        self.lengths.check_completion(config)  # the model must resolve, its tokenizer load, the run fit
+        self.lora_targets.check(config.base_model, config.lora_target_modules)
+        with self._creating:
+            self._check_active_runs(current_tenant())
+            return convert.run_to_proto(self.store.create_run(current_tenant(), config))
+
+    def _check_active_runs(self, tenant: str) -> None:
+        running = len(self.store.running_run_ids(tenant))
+        if running >= self.settings.max_active_runs_per_tenant:
+            raise ResourceExhausted(
+                f"you have {running} running runs, the limit per tenant (the server's "
+                "POLICYOPT_MAX_ACTIVE_RUNS_PER_TENANT); cancel a run you no longer need (CancelRun) or wait "
+                "for one to finish"
+            )
 
     def _check_outbound(self, config: RunConfig) -> None:
         """The run's endpoints against the outbound policy as it is now (it may have changed since)."""
@@ -141,6 +156,7 @@ class PolicyOptimizerServicer(pb_grpc.PolicyOptimizerServicer):
         return pb.SubmitPromptsResponse(prompt_ids=[t.prompt_id for t in tasks])
 
     def _check_accepts_prompts(self, run: Run, texts: list[str]) -> None:
+        """Cheap checks first (state, counts, queue limits), tokenizing last."""
         if run.status != RunStatus.RUNNING:
             raise FailedPrecondition(
                 f"run {run.run_id} is {run.status.value} and takes no more prompts; create a new run"
@@ -149,7 +165,8 @@ class PolicyOptimizerServicer(pb_grpc.PolicyOptimizerServicer):
             raise InvalidArgument("no prompts: SubmitPrompts needs at least one prompt with non-empty text")
         empty = [i for i, text in enumerate(texts) if not text.strip()]
         if empty:
-            raise InvalidArgument(f"prompts {empty} have empty text; every prompt needs text")
+            raise InvalidArgument(f"prompts {quote(empty, 200)} have empty text; every prompt needs text")
+        self._check_prompt_queues(run, len(texts))
         if run.config.reward_endpoint:
             self.store.get_endpoint(run.tenant, run.config.reward_endpoint)
         elif methods.of_run(run.config).uses_task_reward:
@@ -158,6 +175,24 @@ class PolicyOptimizerServicer(pb_grpc.PolicyOptimizerServicer):
                 "create the run with reward_endpoint, or send scored trajectories with SubmitTrajectories"
             )
         self.lengths.check(run.config, texts)
+
+    def _check_prompt_queues(self, run: Run, count: int) -> None:
+        """The run's queue (``max_queued_prompts``) and the tenant's (``max_queued_prompts_per_tenant``)."""
+        queued = self.queue.queued_prompts(run.run_id)
+        if queued + count > self.settings.max_queued_prompts:
+            raise ResourceExhausted(
+                f"run {run.run_id} has {queued} prompts waiting and {count} more would pass its limit of "
+                f"{self.settings.max_queued_prompts} (the server's POLICYOPT_MAX_QUEUED_PROMPTS); wait for "
+                "rollouts to drain (watch the run) or send fewer at once"
+            )
+        limit = self.settings.max_queued_prompts_per_tenant
+        waiting = sum(self.queue.queued_prompts(i) for i in self.store.running_run_ids(run.tenant))
+        if waiting + count > limit:
+            raise ResourceExhausted(
+                f"your running runs have {waiting} prompts waiting in all and {count} more would pass the "
+                f"limit per tenant of {limit} (the server's POLICYOPT_MAX_QUEUED_PROMPTS_PER_TENANT); wait "
+                "for rollouts to drain, or cancel runs whose prompts you no longer need"
+            )
 
     def _vocab_size(self, model: str) -> int:
         try:
@@ -175,6 +210,7 @@ class PolicyOptimizerServicer(pb_grpc.PolicyOptimizerServicer):
                 f"run {run.run_id} is {run.status.value} and takes no more trajectories; create a new run"
             )
         inputs = convert.trajectory_groups_from_request(request)
+        self._check_group_counts(run, [len(group.trajectories) for group in inputs])
         validate_trajectory_groups(inputs, run, self.lengths.limits(run.config.base_model))
         trace = inject_context()
         groups = [
@@ -183,6 +219,22 @@ class PolicyOptimizerServicer(pb_grpc.PolicyOptimizerServicer):
         ]
         self.queue.enqueue_groups(run.run_id, groups)
         return pb.SubmitTrajectoriesResponse(group_ids=[g.group_id for g in groups])
+
+    def _check_group_counts(self, run: Run, sizes: list[int]) -> None:
+        """Group sizes and the run's queue of groups, before any trajectory is looked at."""
+        largest = max(sizes, default=0)
+        if largest > self.settings.max_group_size:
+            raise InvalidArgument(
+                f"group {sizes.index(largest)} has {largest} trajectories; a group holds at most "
+                f"{self.settings.max_group_size} (the server's POLICYOPT_MAX_GROUP_SIZE)"
+            )
+        queued = self.queue.queued_groups(run.run_id)
+        if queued + len(sizes) > self.settings.max_queued_prompts:
+            raise ResourceExhausted(
+                f"run {run.run_id} has {queued} groups waiting for its trainer and {len(sizes)} more would "
+                f"pass the limit of {self.settings.max_queued_prompts} (the server's "
+                "POLICYOPT_MAX_QUEUED_PROMPTS); wait for steps to drain them (watch the run)"
+            )
 
     # -- adapters --------------------------------------------------------------------------------------
     def ListAdapters(

@@ -1,15 +1,17 @@
-"""Checks on CreateRun, SubmitPrompts and SubmitTrajectories input, with messages that say what to fix."""
+"""Checks on CreateRun, SubmitPrompts and SubmitTrajectories input that need the base model or the run,
+with messages that say what to fix (ranges that need neither are in ``bounds``)."""
 
 from __future__ import annotations
 
 import math
 import threading
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from policyopt.core.errors import InvalidArgument, NotFound
-from policyopt.core.identifiers import ENDPOINT_NAME_RULE, is_endpoint_name, quote
+from policyopt.core.identifiers import quote
 from policyopt.core.outbound import parse_base_url
 from policyopt.core.types import Run, RunConfig
 from policyopt.models import ModelCatalog, context_length, encode_user_prompt, vocab_size
@@ -18,55 +20,61 @@ from policyopt.server.convert import GroupInput, TrajectoryInput, TurnInput, sha
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
-ENGINES = ("transformers", "vllm")
-
-
-def validate_run_config(config: RunConfig) -> None:
-    """Numeric ranges and names of a run's configuration (the method is checked separately)."""
-    checks: list[tuple[bool, str]] = [
-        (bool(config.base_model), "base_model is empty: give a model directory readable by the workers, 'tiny' or 'smollm2'"),
-        (config.group_size >= 2, f"group_size must be at least 2 (completions per prompt compared against each other), got {config.group_size}"),
-        (config.prompts_per_step >= 1, f"prompts_per_step must be at least 1, got {config.prompts_per_step}"),
-        (config.max_new_tokens >= 1, f"max_new_tokens must be at least 1, got {config.max_new_tokens}"),
-        (0 <= config.temperature < math.inf, f"temperature must be finite and >= 0 (0 is greedy), got {config.temperature}"),
-        (0 < config.top_p <= 1, f"top_p must be in (0, 1], got {config.top_p}"),
-        (0 < config.learning_rate < math.inf, f"learning_rate must be finite and > 0, got {config.learning_rate}"),
-        (config.lora_rank >= 1, f"lora.rank must be at least 1, got {config.lora_rank}"),
-        (config.lora_alpha >= 1, f"lora.alpha must be at least 1, got {config.lora_alpha}"),
-        (0 <= config.lora_dropout < 1, f"lora.dropout must be in [0, 1), got {config.lora_dropout}"),
-        (config.max_steps >= 0, f"max_steps must be >= 0 (0: as long as prompts arrive), got {config.max_steps}"),
-        (config.max_staleness >= 0, f"max_staleness must be >= 0, got {config.max_staleness}"),
-        (config.engine in ENGINES, f"engine must be one of {list(ENGINES)}, got {quote(config.engine)}"),
-        (not config.reward_endpoint or is_endpoint_name(config.reward_endpoint), f"reward_endpoint {quote(config.reward_endpoint)} is not an endpoint name: {ENDPOINT_NAME_RULE}"),
-    ]  # fmt: skip
-    problems = [message for ok, message in checks if not ok]
-    if problems:
-        raise InvalidArgument("; ".join(problems))
-
 
 def _prompt_length(tokenizer: PreTrainedTokenizerBase, text: str) -> int:
     """Tokens of ``text`` rendered exactly as the rollout engines render it."""
     return len(encode_user_prompt(tokenizer, text))
 
 
+NORMALIZER_SLACK = 4
+"""How much a tokenizer's normalizer may shrink text before it is split (Unicode composition joins at most
+three code points into one), so that ``ModelFacts.bytes_per_token`` stays an upper bound."""
+
+
+def bytes_per_token(tokenizer: PreTrainedTokenizerBase) -> int:
+    """Most UTF-8 bytes of text one token can cover: the longest vocabulary entry in bytes.
+
+    Entries are spelled in the tokenizer's alphabet (byte-level BPE's one character per byte, SentencePiece's
+    '▁' for a space, '<0x0A>' byte fallbacks), never shorter than the text they stand for.
+    """
+    longest = max((len(token.encode("utf-8")) for token in tokenizer.get_vocab()), default=1)
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    lossless = backend is not None and backend.normalizer is None
+    return max(longest, 1) * (1 if lossless else NORMALIZER_SLACK)
+
+
+@dataclass(frozen=True)
+class ModelFacts:
+    """What the server reads of a base model, once: its tokenizer, context and longest token."""
+
+    tokenizer: PreTrainedTokenizerBase
+    context: int
+    bytes_per_token: int
+
+    def fewest_tokens(self, text: str) -> int:
+        """A lower bound on the tokens of ``text`` (stripped, as chat templates may), without tokenizing."""
+        return -(-len(text.strip().encode("utf-8")) // self.bytes_per_token)
+
+
 class PromptLengthChecker:
     """Rejects prompts that do not fit the base model's context with ``max_new_tokens`` to spare.
 
     Tokenizers load once per model and are shared by all calls; models resolve through ``models``.
+    A prompt whose byte length alone proves it too long is refused without tokenizing.
     """
 
     def __init__(self, models: ModelCatalog) -> None:
         self._models = models
         self._lock = threading.Lock()
-        self._cache: dict[str, tuple[PreTrainedTokenizerBase, int]] = {}
+        self._cache: dict[str, ModelFacts] = {}
 
-    def model(self, base_model: str) -> tuple[PreTrainedTokenizerBase, int]:
-        """(tokenizer, context length) of ``base_model``; InvalidArgument when it cannot be resolved."""
+    def facts(self, base_model: str) -> ModelFacts:
+        """``ModelFacts`` of ``base_model``; InvalidArgument when it cannot be resolved."""
         with self._lock:
             if base_model not in self._cache:
                 from transformers import AutoTokenizer
 
-                model_dir = self._model_dir(base_model)
+                model_dir = self.model_dir(base_model)
                 try:
                     tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
                 except (OSError, ValueError) as exc:
@@ -74,17 +82,18 @@ class PromptLengthChecker:
                         f"base_model {quote(base_model)} has no loadable tokenizer ({quote(str(exc), 200)}); "
                         "save one beside the weights"
                     ) from exc
-                self._cache[base_model] = (tokenizer, context_length(model_dir))
+                self._cache[base_model] = ModelFacts(
+                    tokenizer, context_length(model_dir), bytes_per_token(tokenizer)
+                )
             return self._cache[base_model]
 
     def limits(self, base_model: str) -> tuple[int, int]:
         """(context length, vocabulary size) of ``base_model``; token ids must be below the latter."""
-        _, context = self.model(base_model)
-        return context, self.vocab_size(base_model)
+        return self.facts(base_model).context, self.vocab_size(base_model)
 
     def vocab_size(self, model: str) -> int:
         """Rows of the model's embedding (``vocab_size`` in config.json)."""
-        directory = self._model_dir(model)
+        directory = self.model_dir(model)
         try:
             return vocab_size(directory)
         except (OSError, ValueError, TypeError, AttributeError) as exc:
@@ -92,7 +101,7 @@ class PromptLengthChecker:
                 f"model {quote(model)} has no readable config.json ({type(exc).__name__})"
             ) from exc
 
-    def _model_dir(self, model: str) -> Path:
+    def model_dir(self, model: str) -> Path:
         """``ModelCatalog.resolve``, with file-system errors a caller's path causes as InvalidArgument."""
         try:
             return self._models.resolve(model)
@@ -102,15 +111,36 @@ class PromptLengthChecker:
                 f"{quote(str(exc), 80)}); give a local path, 'tiny' or 'smollm2'"
             ) from exc
 
+    def check_completion(self, config: RunConfig) -> None:
+        """``max_new_tokens`` must leave room for a prompt in the base model's context."""
+        context = self.facts(config.base_model).context
+        if config.max_new_tokens >= context:
+            raise InvalidArgument(
+                f"max_new_tokens must be smaller than the context of base_model {quote(config.base_model)} "
+                f"({context} tokens, prompt and completion together), got {config.max_new_tokens}; "
+                f"use at most {context - 1}, less the longest prompt you will send"
+            )
+
     def check(self, config: RunConfig, prompts: Sequence[str]) -> None:
-        tokenizer, context = self.model(config.base_model)
-        budget = context - config.max_new_tokens
+        """Each prompt with the chat template fits ``context - max_new_tokens``: first every prompt by its
+        byte length (cheap), then each by its tokens."""
+        facts = self.facts(config.base_model)
+        budget = facts.context - config.max_new_tokens
         for index, text in enumerate(prompts):
-            length = _prompt_length(tokenizer, text)
+            fewest = facts.fewest_tokens(text)
+            if fewest > budget:
+                raise InvalidArgument(
+                    f"prompt {index} is at least {fewest} tokens ({len(text.encode('utf-8'))} bytes), and with "
+                    f"max_new_tokens={config.max_new_tokens} it exceeds the model's context of {facts.context} "
+                    f"tokens; shorten it to at most {max(budget, 0)} tokens or create the run with a smaller "
+                    "max_new_tokens"
+                )
+        for index, text in enumerate(prompts):
+            length = _prompt_length(facts.tokenizer, text)
             if length > budget:
                 raise InvalidArgument(
                     f"prompt {index} is {length} tokens with the chat template, and with max_new_tokens="
-                    f"{config.max_new_tokens} it exceeds the model's context of {context} tokens; "
+                    f"{config.max_new_tokens} it exceeds the model's context of {facts.context} tokens; "
                     f"shorten it to at most {max(budget, 0)} tokens or create the run with a smaller max_new_tokens"
                 )
 

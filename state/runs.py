@@ -110,6 +110,10 @@ class RunStore:
     def active_run_ids(self) -> list[str]:
         return sorted(text(i) for i in self.r.smembers("po:runs:active"))
 
+    def running_run_ids(self, tenant: str) -> list[str]:
+        """The tenant's RUNNING runs (for its limits on active runs and queued prompts)."""
+        return sorted(text(i) for i in self.r.sinter([f"po:tenant:{tenant}:runs", "po:runs:active"]))
+
     def set_status(self, run_id: str, status: RunStatus, error: str = "") -> Run:
         run = self.get_run(run_id)
         if run.status != RunStatus.RUNNING and status != run.status:

@@ -105,6 +105,7 @@ def server(valkey_url: str, data_dir: Path, tmp_path_factory: pytest.TempPathFac
         api_keys={key: tenant for tenant, key in keys.items()},
         port=0,
         data_dir=str(data_dir),
+        max_active_runs_per_tenant=100_000,  # the session's tests leave their runs running
         **local_allowances(tmp_path_factory),
     )
     with build_server(settings, max_workers=16, poll_ms=200) as running:

@@ -29,9 +29,9 @@ def test_an_empty_prompt_is_invalid(run_a: RunHandle) -> None:
 @pytest.mark.parametrize(
     ("options", "message"),
     [
-        ({"group_size": 1}, "group_size must be at least 2"),
-        ({"group_size": 0}, "group_size must be at least 2"),
-        ({"prompts_per_step": 0}, "prompts_per_step must be at least 1"),
+        ({"group_size": 1}, r"group_size must be in \[2, 64\]"),
+        ({"group_size": 0}, r"group_size must be in \[2, 64\]"),
+        ({"prompts_per_step": 0}, r"prompts_per_step must be in \[1, 64\]"),
         ({"top_p": 0.0}, "top_p must be in"),
         ({"engine": "tgi"}, "engine must be one of"),
     ],
@@ -85,9 +85,9 @@ def test_unset_options_take_the_defaults_and_set_ones_are_kept(
     client_a: Client, tiny_model_dir: Path
 ) -> None:
     run = client_a.create_run(
-        str(tiny_model_dir), temperature=0.0, lora_rank=4, reward_side={"estimator": "rloo"}
+        str(tiny_model_dir), temperature=0.5, lora_rank=4, reward_side={"estimator": "rloo"}
     )
-    assert run.info.temperature == 0.0
+    assert run.info.temperature == 0.5
     assert run.info.lora_rank == 4
     assert run.info.group_size == 4
     assert run.info.reward_side == {"estimator": "rloo"}
@@ -109,3 +109,26 @@ def test_prompts_need_a_reward_endpoint_unless_the_method_ignores_task_rewards(
         base_model=str(tiny_model_dir), method="opd", teacher_model=str(tiny_model_dir), teacher_coef=1.0
     )
     assert len(distilled.submit_prompts(["hello"])) == 1
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "hello world",
+        "x" * 3000,
+        "é" * 500,
+        "<|im_start|>" * 50,
+        " \n\t " * 100 + "a",
+        "😀" * 300,
+        "the sum" * 200,
+    ],
+)
+def test_the_byte_bound_on_tokens_never_exceeds_the_real_count(tiny_model_dir: Path, text: str) -> None:
+    from transformers import AutoTokenizer
+
+    from policyopt.models import encode_user_prompt
+    from policyopt.server.validation import ModelFacts, bytes_per_token
+
+    tokenizer = AutoTokenizer.from_pretrained(str(tiny_model_dir))
+    facts = ModelFacts(tokenizer, 512, bytes_per_token(tokenizer))
+    assert 0 < facts.fewest_tokens(text) <= len(encode_user_prompt(tokenizer, text))
