@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import random
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -48,7 +49,9 @@ class StandInUpdater:
         targets_T = torch.tensor(completion_ids, device=self.device)
         return torch.log_softmax(logits_T_V, -1).gather(-1, targets_T[:, None]).mean()
 
-    def step(self, groups: list[TrajectoryGroup]) -> dict[str, float]:
+    def step(
+        self, groups: list[TrajectoryGroup], should_continue: Callable[[], bool] | None = None
+    ) -> dict[str, float]:
         self.optimizer.zero_grad()
         count = sum(len(g.trajectories) for g in groups)
         rewards = []

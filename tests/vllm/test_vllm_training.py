@@ -7,7 +7,7 @@ processed log-probs) and publishes versions 1 and 2, which vLLM then serves by n
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -51,9 +51,11 @@ class RecordingUpdater:
     def last_warnings(self) -> Sequence[DiagnosticWarning]:
         return self.inner.last_warnings
 
-    def step(self, groups: list[TrajectoryGroup]) -> dict[str, float]:
+    def step(
+        self, groups: list[TrajectoryGroup], should_continue: Callable[[], bool] | None = None
+    ) -> dict[str, float]:
         self.steps.append(list(groups))
-        return self.inner.step(groups)
+        return self.inner.step(groups, should_continue)
 
     def state_dict(self) -> dict[str, object]:
         return self.inner.state_dict()

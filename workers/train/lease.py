@@ -4,12 +4,17 @@ A lease is ``SET po:run:{id}:trainer <token> NX PX ttl``. A background thread re
 lease at a third of its time to live; renewal and release only touch a key that still holds our
 token (a Lua compare-and-set), so a trainer that stalled past its lease cannot extend or drop the
 new owner's. The commit checks the token inside its transaction (``RunStore.commit_step(guard=...)``).
+
+Least-loaded placement: each trainer publishes how many leases it holds (hash ``po:trainers:load``)
+with a heartbeat (sorted set ``po:trainers:alive``, scored by expiry), refreshed with the renewals.
+A trainer defers taking a new run while another live trainer holds fewer leases (``should_defer``).
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 import uuid
 
 import redis
@@ -26,6 +31,10 @@ return 0
 """
 
 
+LOADS_KEY = "po:trainers:load"
+ALIVE_KEY = "po:trainers:alive"
+
+
 def lease_key(run_id: str) -> str:
     return f"po:run:{run_id}:trainer"
 
@@ -37,12 +46,14 @@ class LeaseKeeper:
         self.r = r
         self.ttl_ms = ttl_ms
         self._owner = owner
+        self.member = f"{owner}:{uuid.uuid4().hex[:8]}"  # this keeper in the load registry
         self._tokens: dict[str, str] = {}
         self._lost: set[str] = set()
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._renew = r.register_script(_RENEW)
         self._release = r.register_script(_RELEASE)
+        self.publish_load()
         self._thread = threading.Thread(target=self._renew_loop, name="lease-renewal", daemon=True)
         self._thread.start()
 
@@ -56,7 +67,8 @@ class LeaseKeeper:
                 return False
             self._tokens[run_id] = token
             self._lost.discard(run_id)
-            return True
+        self.publish_load()
+        return True
 
     def holds(self, run_id: str) -> bool:
         """Whether the lease is ours as far as the last renewal knows."""
@@ -81,6 +93,52 @@ class LeaseKeeper:
                 self._release(keys=[lease_key(run_id)], args=[token])
             except redis.RedisError as exc:
                 log.warning("could not release the lease of run %s (it will expire): %s", run_id, exc)
+            self.publish_load()
+
+    # -- load registry --------------------------------------------------------------------------------
+    def publish_load(self) -> None:
+        """Heartbeat with the number of leases held; entries whose heartbeat expired are removed."""
+        now_ms = int(time.time() * 1000)
+        try:
+            dead = [m for m in self._members(0, now_ms) if m != self.member]
+            pipe = self.r.pipeline(transaction=False)
+            if dead:
+                pipe.zrem(ALIVE_KEY, *dead)
+                pipe.hdel(LOADS_KEY, *dead)
+            pipe.zadd(ALIVE_KEY, {self.member: now_ms + self.ttl_ms})
+            pipe.hset(LOADS_KEY, self.member, len(self.held()))
+            pipe.execute()
+        except redis.RedisError as exc:
+            log.warning("could not publish this trainer's load: %s", exc)
+
+    def fewest_elsewhere(self) -> int | None:
+        """The fewest leases held by another live trainer, or None when there is none."""
+        now_ms = int(time.time() * 1000)
+        others = [m for m in self._members(now_ms, "+inf") if m != self.member]
+        if not others:
+            return None
+        loads = [int(v) for v in self.r.hmget(LOADS_KEY, others) if v is not None]
+        return min(loads) if loads else None
+
+    def _members(self, low: int, high: int | str) -> list[str]:
+        """Trainers in the registry whose heartbeat expires within [low, high] (ms since the epoch)."""
+        return [
+            m.decode() if isinstance(m, bytes) else str(m) for m in self.r.zrangebyscore(ALIVE_KEY, low, high)
+        ]
+
+    def should_defer(self) -> bool:
+        """Whether a new run should be left to a live trainer holding fewer leases (ties take it)."""
+        fewest = self.fewest_elsewhere()
+        return fewest is not None and fewest < len(self.held())
+
+    def _withdraw(self) -> None:
+        try:
+            pipe = self.r.pipeline(transaction=False)
+            pipe.zrem(ALIVE_KEY, self.member)
+            pipe.hdel(LOADS_KEY, self.member)
+            pipe.execute()
+        except redis.RedisError as exc:
+            log.warning("could not withdraw this trainer from the load registry: %s", exc)
 
     def close(self) -> None:
         """Stop renewing and release every lease, so a successor need not wait for them to expire."""
@@ -88,24 +146,33 @@ class LeaseKeeper:
         self._thread.join(timeout=5)
         for run_id in list(self._tokens):
             self.release(run_id)
+        self._withdraw()
 
     def renew_all(self) -> None:
+        """Renew every held lease in one round trip, then refresh the heartbeat."""
         with self._lock:
             held = dict(self._tokens)
-        for run_id, token in held.items():
+        if held:
+            pipe = self.r.pipeline(transaction=False)
+            for run_id, token in held.items():
+                self._renew(keys=[lease_key(run_id)], args=[token, self.ttl_ms], client=pipe)
             try:
-                ok = self._renew(keys=[lease_key(run_id)], args=[token, self.ttl_ms])
+                results = pipe.execute(raise_on_error=False)
             except redis.RedisError as exc:
-                log.warning("lease renewal of run %s failed: %s", run_id, exc)
-                continue
-            if not ok:
-                log.warning("lost the trainer lease of run %s; abandoning its current step", run_id)
-                with self._lock:
-                    self._lost.add(run_id)
+                log.warning("lease renewal failed: %s", exc)
+                return
+            for run_id, ok in zip(held, results, strict=True):
+                if isinstance(ok, Exception):
+                    log.warning("lease renewal of run %s failed: %s", run_id, ok)
+                elif not ok:
+                    log.warning("lost the trainer lease of run %s; abandoning its current step", run_id)
+                    with self._lock:
+                        self._lost.add(run_id)
+        self.publish_load()
 
     def _renew_loop(self) -> None:
         while not self._stop.wait(self.ttl_ms / 3000):
             self.renew_all()
 
 
-__all__ = ["LeaseKeeper", "lease_key"]
+__all__ = ["ALIVE_KEY", "LOADS_KEY", "LeaseKeeper", "lease_key"]

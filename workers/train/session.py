@@ -1,9 +1,10 @@
-"""A run's training state in a trainer: base model + LoRA, method spec and updater, restored from a version."""
+"""A run's training state in a trainer: its adapter on a shared base, method spec and updater, restored
+from a version."""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -17,6 +18,7 @@ from policyopt.state.adapter_store import AdapterStore
 from policyopt.workers.algorithms import DiagnosticWarning, MethodSpec, run_method
 from policyopt.workers.placement import Placement
 from policyopt.workers.train import policy
+from policyopt.workers.train.base_pool import BasePool, SharedBase, adapter_name, tensor_bytes
 from policyopt.workers.train.checkpoint import CheckpointStore
 from policyopt.workers.train.teacher import TeacherScorer, load_teacher
 
@@ -36,7 +38,13 @@ class Updater(Protocol):
         """The value head trained beside the policy (PPO), published with each version; None without one."""
         ...
 
-    def step(self, groups: list[TrajectoryGroup]) -> dict[str, float]: ...
+    def step(
+        self, groups: list[TrajectoryGroup], should_continue: Callable[[], bool] | None = None
+    ) -> dict[str, float]:
+        """Train on ``groups``; raise ``StepAbandoned`` between optimizer steps once ``should_continue``
+        turns false."""
+        ...
+
     def state_dict(self) -> dict[str, object]: ...
     def load_state_dict(self, state: dict[str, object]) -> None: ...
 
@@ -81,19 +89,43 @@ def build_updater(
 
 @dataclass
 class RunSession:
-    """A run this trainer holds the lease of, with its model and updater in memory."""
+    """A run this trainer holds the lease of: its adapter ``adapter`` on the shared ``model``, and updater."""
 
     run: Run
     model: PeftModel
     updater: Updater
     spec: MethodSpec
     version: int
+    adapter: str = "default"
+    base: SharedBase | None = None
+
+    def activate(self) -> None:
+        """Make this run's adapter the one the shared model trains and scores with."""
+        if self.adapter in self.model.peft_config and self.model.active_adapter != self.adapter:
+            self.model.set_adapter(self.adapter)
+
+    def adapter_parameters(self) -> list[torch.nn.Parameter]:
+        if self.base is None:
+            return [p for p in self.model.parameters() if p.requires_grad]
+        return self.base.adapter_parameters(self.adapter)
+
+    def release_gradients(self) -> None:
+        """Free the last step's gradients (the next step starts from zero anyway): a quarter of the run's
+        memory between its turns."""
+        critic = self.updater.critic
+        for parameter in [*self.adapter_parameters(), *(critic.parameters() if critic is not None else [])]:
+            parameter.grad = None
+
+    def memory_bytes(self) -> int:
+        """The run's own memory: LoRA weights and gradients, plus optimizer state and critic (tensor sizes)."""
+        return 2 * tensor_bytes(self.adapter_parameters()) + tensor_bytes(self.updater.state_dict())
 
 
 def load_session(
     run: Run,
     version: int,
     *,
+    pool: BasePool,
     placement: Placement,
     store: AdapterStore,
     checkpoints: CheckpointStore,
@@ -101,13 +133,39 @@ def load_session(
     outbound: OutboundPolicy,
     updater_factory: UpdaterFactory = build_updater,
 ) -> RunSession:
-    """The run's policy at ``version`` (0: a fresh LoRA) and its pinned method, with the updater state saved
-    for that version. Its models resolve through ``models`` and its teacher endpoint passes ``outbound``."""
+    """The run's policy at ``version`` (0: a fresh LoRA) as an adapter on ``pool``'s shared base, its pinned
+    method and the updater state saved for that version. Models resolve through ``models``; the teacher
+    endpoint passes ``outbound``. The adapter is detached again if anything fails."""
     spec = run_method(run.config)
-    model, pad_token_id = policy.load_policy(run.config, placement, models)
+    name = adapter_name(run.run_id)
+    base = pool.attach(run.config, name)
+    try:
+        return _restore(
+            run, version, spec, base, name, placement, store, checkpoints, models, outbound, updater_factory
+        )
+    except BaseException:
+        pool.detach(base, name)
+        raise
+
+
+def _restore(
+    run: Run,
+    version: int,
+    spec: MethodSpec,
+    base: SharedBase,
+    name: str,
+    placement: Placement,
+    store: AdapterStore,
+    checkpoints: CheckpointStore,
+    models: ModelCatalog,
+    outbound: OutboundPolicy,
+    updater_factory: UpdaterFactory,
+) -> RunSession:
+    model, pad_token_id = base.model, base.pad_token_id
+    model.set_adapter(name)  # the updater takes the parameters that require grad: this adapter's only
     if version:
         version_dir = store.open_version(run.run_id, version, verify=True)
-        policy.load_adapter_weights(model, version_dir, placement.device)
+        policy.load_adapter_weights(model, version_dir, placement.device, adapter_name=name)
     teacher = None
     if "teacher" in spec.needs:  # on-policy distillation: the teacher loads once per process
         teacher = load_teacher(run.config.teacher, placement, pad_token_id, models=models, outbound=outbound)
@@ -118,7 +176,9 @@ def load_session(
         updater.load_state_dict(updater_state)
     elif version:
         log.warning("run %s: no trainer state for version %d; the optimizer restarts", run.run_id, version)
-    return RunSession(run=run, model=model, updater=updater, spec=spec, version=version)
+    return RunSession(
+        run=run, model=model, updater=updater, spec=spec, version=version, adapter=name, base=base
+    )
 
 
 __all__ = ["RunSession", "Updater", "UpdaterFactory", "build_updater", "load_session"]

@@ -19,7 +19,7 @@ With one epoch and one mini-batch the old log-probs are the current ones, detach
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -56,6 +56,13 @@ from policyopt.workers.train.step_batch import (
 from policyopt.workers.train.teacher import TeacherScorer
 
 Metrics = dict[str, float]
+
+
+class StepAbandoned(Exception):
+    """The step's ``should_continue`` turned false (run cancelled, lease lost, trainer stopping).
+
+    The model may hold part of the update: the caller drops it and reloads the last committed version.
+    """
 
 
 @dataclass
@@ -135,8 +142,17 @@ class PolicyUpdater:
 
     # ----- the step -------------------------------------------------------------------------------
 
-    def step(self, groups: Sequence[TrajectoryGroup]) -> Metrics:
-        """Train on ``groups``: epochs x mini_batches optimizer steps. Returns the step's metrics."""
+    def step(
+        self, groups: Sequence[TrajectoryGroup], should_continue: Callable[[], bool] | None = None
+    ) -> Metrics:
+        """Train on ``groups``: epochs x mini_batches optimizer steps. Returns the step's metrics.
+
+        ``should_continue`` is asked before the first pass and each optimizer step; when it turns false the
+        step raises ``StepAbandoned`` (the caller drops the partly updated model).
+        """
+        keep_going = should_continue or (lambda: True)
+        if not keep_going():
+            raise StepAbandoned("abandoned before the update")
         prepared = self.prepare(groups)
         metrics = dict(prepared.metrics)
         if prepared.batch.size == 0:
@@ -144,10 +160,13 @@ class PolicyUpdater:
             return metrics | {"trajectory/optimizer_steps": 0.0}
         side = self.spec.trajectory_side
         accumulator = TokenMetricAccumulator()
-        losses, grad_norms = [], []
+        losses: list[float] = []
+        grad_norms: list[float] = []
         for _ in range(side.epochs):
             order = torch.randperm(prepared.batch.size, generator=self.generator).tolist()
             for chunk in torch.tensor(order).chunk(min(side.mini_batches, prepared.batch.size)):
+                if not keep_going():
+                    raise StepAbandoned(f"abandoned after {len(losses)} optimizer steps")
                 loss, grad_norm = self.optimize(prepared, chunk.tolist(), accumulator)
                 losses.append(loss)
                 grad_norms.append(grad_norm)

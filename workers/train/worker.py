@@ -4,6 +4,13 @@ For each active run it can lease, one step is: collect ``prompts_per_step`` grou
 pending), ``PolicyUpdater.step``, checkpoint the trainer state as vN, publish adapter vN (atomic
 directory rename), then ``RunStore.commit_step`` (index + ack + events in one MULTI, guarded by the
 lease). ``recovery.reconcile_run`` finishes an interrupted commit when a trainer takes a run over.
+
+Many runs share one trainer: each pass finds the runs with enough queued groups (XLEN, no model
+needed) and trains the one that has had the least trainer time (``scheduler.FairScheduler``). Runs on
+the same base model share it as named adapters (``base_pool``); sessions beyond the memory budget are
+evicted least recently trained first (``session_cache``). A run's failures stay with it: a config that
+cannot load fails the run, other failures back the run off exponentially, a non-finite update fails it
+without publishing, and a cancelled run's step is abandoned between optimizer steps.
 """
 
 from __future__ import annotations
@@ -17,7 +24,7 @@ from pathlib import Path
 
 import redis
 
-from policyopt.core.errors import PolicyOptError
+from policyopt.core.errors import InvalidArgument, NotFound, PermissionDenied, PolicyOptError
 from policyopt.core.outbound import OutboundPolicy
 from policyopt.core.settings import Settings
 from policyopt.core.telemetry import span_from, tracer
@@ -31,15 +38,21 @@ from policyopt.core.types import (
 from policyopt.models import ModelCatalog
 from policyopt.state import AdapterStore, LocalAdapterStore, RunStore, WorkQueue, connect, consumer_name
 from policyopt.workers.algorithms import pin_method
-from policyopt.workers.placement import configure_threads, resolve_placement
+from policyopt.workers.placement import configure_threads, release_free_memory, resolve_placement
 from policyopt.workers.train import policy
 from policyopt.workers.train.announcements import WarningAnnouncer
+from policyopt.workers.train.base_pool import BasePool
 from policyopt.workers.train.checkpoint import CheckpointStore
 from policyopt.workers.train.collect import CollectedGroups, collect_groups, group_filter_of
 from policyopt.workers.train.fault_points import crash_for_test, pause_for_test
+from policyopt.workers.train.guards import non_finite, step_gate
 from policyopt.workers.train.lease import LeaseKeeper
+from policyopt.workers.train.readiness import ReadyRuns
 from policyopt.workers.train.recovery import reconcile_run
+from policyopt.workers.train.scheduler import FairScheduler, retry_delay
 from policyopt.workers.train.session import RunSession, UpdaterFactory, build_updater, load_session
+from policyopt.workers.train.session_cache import SessionCache
+from policyopt.workers.train.update import StepAbandoned
 
 log = logging.getLogger(__name__)
 
@@ -56,9 +69,15 @@ def is_stale(group: TrajectoryGroup, policy_version: int, max_staleness: int) ->
 MAX_UPDATE_FAILURES = 3
 """Consecutive failed updates of a run before it is marked FAILED (the same groups would fail again)."""
 
+READY_READ_BLOCK_MS = 1
+"""How long a scheduled step's group reads may block: the scheduler saw the groups queued (0 = forever)."""
+
+CONFIG_ERRORS = (InvalidArgument, PermissionDenied, NotFound, ValueError)
+"""Failures to load a run's session that its configuration causes: the run fails at once."""
+
 
 class TrainerWorker:
-    """Trains every active run whose lease it can take. ``run_forever`` or ``train_once`` per run."""
+    """Trains every active run whose lease it can take, fairly. ``run_forever``, or ``train_once`` per run."""
 
     def __init__(
         self,
@@ -69,8 +88,8 @@ class TrainerWorker:
         updater_factory: UpdaterFactory = build_updater,
         lease_ttl_ms: int = 30000,
         block_ms: int = 500,
-        max_runs: int = 4,
         retry_backoff_s: float = 5.0,
+        memory_budget_mb: float | None = None,
     ):
         self.settings = settings
         self.r = redis_client if redis_client is not None else connect(settings)
@@ -88,25 +107,31 @@ class TrainerWorker:
         self.outbound = OutboundPolicy.from_settings(settings)
         self.threads = configure_threads(settings.torch_threads)
         self.block_ms = block_ms
-        self.max_runs = max_runs
         self.retry_backoff_s = retry_backoff_s
+        self.pool = BasePool(self.placement, self.models)
+        budget_mb = settings.trainer_memory_mb if memory_budget_mb is None else memory_budget_mb
+        self.scheduler = FairScheduler()
         self._updater_factory = updater_factory
-        self._sessions: dict[str, RunSession] = {}
+        self._sessions = SessionCache(self.pool, int(budget_mb * 2**20))
+        self.ready = ReadyRuns(self.r, self.runs)
         self._update_failures: dict[str, int] = {}
+        self._retries: dict[str, int] = {}  # run -> failed turns in a row (backoff)
         self._resampled: dict[str, int] = {}  # run -> stale groups sent back since its last step
+        self._turn_seconds = 0.0  # trainer time of the last turn, charged to its run
         self._announcer = WarningAnnouncer()
         self._stop = threading.Event()
         log.info(
-            "trainer %s on %s (%s), %d torch threads",
+            "trainer %s on %s (%s), %d torch threads, %.0f MB for runs",
             self.consumer,
             self.placement.device,
             self.placement.dtype,
             self.threads,
+            budget_mb,
         )
 
     # -- loop ----------------------------------------------------------------------------------------
     def run_forever(self, stop_event: threading.Event | None = None, idle_s: float = 0.5) -> None:
-        """Train until ``stop_event`` is set; a step in progress finishes or is abandoned cleanly."""
+        """Train until ``stop_event`` is set; a step in progress is abandoned between optimizer steps."""
         self._stop = stop_event or self._stop
         try:
             while not self._stop.is_set():
@@ -116,23 +141,35 @@ class TrainerWorker:
             self.close()
 
     def _train_active_runs(self) -> bool:
-        """One pass over the active runs; True if any step was committed."""
+        """One scheduling pass: the least-served ready run that this trainer may own trains one step.
+
+        True if a step was committed. Runs without enough queued groups cost a stream length each.
+        """
         try:
             active = self.runs.active_run_ids()
+            self._close_inactive(set(active))
+            ready = self.ready.probe(active, self.leases.holds)
         except redis.RedisError as exc:
             log.warning("cannot list active runs (Redis unreachable?), retrying: %s", exc)
             return False
-        self._close_inactive(set(active))
-        trained = False
-        for run_id in active:
+        for run_id in self.scheduler.order(ready, time.monotonic()):
             if self._stop.is_set():
                 break
-            trained |= self._train_guarded(run_id)
-        return trained
+            self._turn_seconds = 0.0
+            trained = self._train_guarded(run_id, block_ms=READY_READ_BLOCK_MS)
+            self.scheduler.charge(run_id, self._turn_seconds)
+            if trained:
+                return True
+        return False
 
-    def _train_guarded(self, run_id: str) -> bool:
+    def _train_guarded(self, run_id: str, block_ms: int | None = None) -> bool:
+        """``train_once``; a failure backs the run off exponentially instead of stalling the others."""
         try:
-            return self.train_once(run_id)
+            trained = self.train_once(run_id, block_ms=block_ms)
+        except StepAbandoned as exc:
+            log.info("run %s: step abandoned (%s); its groups stay queued", run_id, exc)
+            self._close_session(run_id)
+            return False
         except redis.RedisError as exc:
             log.warning("run %s: Redis error, will retry: %s", run_id, exc)
         except PolicyOptError as exc:
@@ -141,21 +178,37 @@ class TrainerWorker:
         except Exception:
             log.exception("run %s: the step failed; its groups stay queued", run_id)
             self._close_session(run_id)
-            self._stop.wait(self.retry_backoff_s)  # the cause (disk full, a bug) rarely clears at once
+        else:
+            if trained:
+                self._retries.pop(run_id, None)
+                self.scheduler.clear_backoff(run_id)
+            return trained
+        failures = self._retries.get(run_id, 0) + 1
+        self._retries[run_id] = failures
+        self.scheduler.back_off(run_id, time.monotonic() + retry_delay(failures, self.retry_backoff_s))
         return False
 
     def close(self) -> None:
         """Release every lease so a successor starts at once; drop models."""
         for run_id in list(self._sessions):
-            self._close_session(run_id)
+            self._sessions.drop(run_id)
         self.leases.close()
 
     # -- one step ------------------------------------------------------------------------------------
-    def train_once(self, run_id: str) -> bool:
+    def train_once(self, run_id: str, block_ms: int | None = None) -> bool:
         """One step of ``run_id`` if this trainer can own it and enough groups are queued; True if committed."""
         session = self._session(run_id)
         if session is None:
             return False
+        started = time.monotonic()
+        try:
+            return self._collect_and_train(session, block_ms)
+        finally:  # the scheduler charges collecting and training, not loading (a shared base serves all)
+            self._turn_seconds = time.monotonic() - started
+
+    def _collect_and_train(self, session: RunSession, block_ms: int | None) -> bool:
+        run_id = session.run.run_id
+        session.activate()
         config = session.run.config
         keep, max_examined = group_filter_of(session.spec, config.prompts_per_step)
         batch = collect_groups(
@@ -165,7 +218,7 @@ class TrainerWorker:
             config.prompts_per_step,
             keep=keep,
             max_examined=max_examined,
-            block_ms=self.block_ms,
+            block_ms=self.block_ms if block_ms is None else block_ms,
             should_continue=lambda: not self._stop.is_set() and self.leases.holds(run_id),
             is_stale=lambda group: is_stale(group, session.version, config.max_staleness),
         )
@@ -178,23 +231,40 @@ class TrainerWorker:
                 # The queue ran dry before the batch filled: DAPO keeps sampling, so the dropped prompts
                 # go back to the rollout workers, each at most max_extra_rounds times.
                 self._resample_dropped(batch, max_examined // config.prompts_per_step - 1)
+            self.ready.came_up_short(run_id)
             return False
         if self._stop.is_set() or not self.leases.holds(run_id):
             return False  # abandon before touching the model: the groups stay pending
         try:
-            self._train_step(session, batch)
+            committed = self._train_step(session, batch)
         except BaseException:
             self._close_session(run_id)  # the model may hold an uncommitted update: reload from the store
             raise
+        self.ready.trained(run_id)
+        session.release_gradients()
+        release_free_memory(self.placement.device)
+        if not committed:
+            return False
+        self._sessions.touch(run_id)
+        self._sessions.evict_over_budget(keep=run_id)
         if config.max_steps and session.version >= config.max_steps:
             self._complete(run_id)
         return True
 
-    def _train_step(self, session: RunSession, batch: CollectedGroups) -> None:
+    def _train_step(self, session: RunSession, batch: CollectedGroups) -> bool:
+        """Update, check, checkpoint, publish, commit; False (run failed) if the update went non-finite."""
         run_id, version = session.run.run_id, session.version + 1
         with span_from(batch.groups[0].trace, "train_step", run_id=run_id, version=version):
             started = time.monotonic()
             metrics = self._update(session, batch, version)
+            problem = non_finite(session, metrics)
+            if problem:
+                self._fail_run(
+                    run_id,
+                    f"step {version} made {problem} non-finite, so it was not published and version "
+                    f"{version - 1} stays the latest; lower learning_rate (now {session.run.config.learning_rate:g})",
+                )
+                return False
             pause_for_test()
             metrics.update(
                 {
@@ -232,12 +302,19 @@ class TrainerWorker:
             len(batch.groups),
             metrics["trainer/step_seconds"],
         )
+        return True
 
     def _update(self, session: RunSession, batch: CollectedGroups, version: int) -> dict[str, float]:
         """``updater.step``; a run whose update keeps failing on the same groups is failed, with the reason."""
         run_id = session.run.run_id
         try:
-            metrics = dict(session.updater.step(batch.groups))
+            metrics = dict(
+                session.updater.step(
+                    batch.groups, should_continue=step_gate(run_id, self._stop, self.leases, self.runs)
+                )
+            )
+        except StepAbandoned:
+            raise
         except Exception as exc:
             failures = self._update_failures.get(run_id, 0) + 1
             self._update_failures[run_id] = failures
@@ -267,7 +344,7 @@ class TrainerWorker:
             resolved_method=config.resolved_method or pin_method(session.spec),
         )
         with tempfile.TemporaryDirectory(prefix="policyopt-adapter-", dir=self.settings.data_dir) as staging:
-            policy.save_adapter(session.model, Path(staging))
+            policy.save_adapter(session.model, Path(staging), session.adapter)
             policy.save_critic(session.updater.critic, Path(staging))
             return self.store.publish(session.run.run_id, version, Path(staging), manifest)
 
@@ -306,12 +383,13 @@ class TrainerWorker:
 
     # -- sessions ------------------------------------------------------------------------------------
     def _session(self, run_id: str) -> RunSession | None:
+        """The run's session, loading it (sticky lease kept) or taking the lease if no lighter trainer is live."""
         session = self._sessions.get(run_id)
         if session is not None:
             if self.leases.holds(run_id):
                 return session
             self._close_session(run_id)
-        if len(self._sessions) >= self.max_runs or not self.leases.acquire(run_id):
+        if not self.leases.holds(run_id) and (self.leases.should_defer() or not self.leases.acquire(run_id)):
             return None
         try:
             return self._open_session(run_id)
@@ -336,29 +414,43 @@ class TrainerWorker:
         if run.config.max_steps and version >= run.config.max_steps:
             self._complete(run_id)
             return None
-        session = load_session(
-            run,
-            version,
-            placement=self.placement,
-            store=self.store,
-            checkpoints=self.checkpoints,
-            updater_factory=self._updater_factory,
-            models=self.models,
-            outbound=self.outbound,
-        )
-        self._sessions[run_id] = session
+        try:
+            session = load_session(
+                run,
+                version,
+                pool=self.pool,
+                placement=self.placement,
+                store=self.store,
+                checkpoints=self.checkpoints,
+                updater_factory=self._updater_factory,
+                models=self.models,
+                outbound=self.outbound,
+            )
+        except CONFIG_ERRORS as exc:
+            self._fail_run(run_id, f"the run's model could not be set up: {exc}")
+            return None
+        self._sessions.add(session)
+        self._sessions.evict_over_budget(keep=run_id)
         log.info("run %s: training from version %d", run_id, version)
         return session
 
     def _close_session(self, run_id: str) -> None:
-        self._sessions.pop(run_id, None)
+        self._sessions.drop(run_id)
         self.leases.release(run_id)
 
     def _close_inactive(self, active: set[str]) -> None:
-        for run_id in [r for r in self._sessions if r not in active]:
+        known = set(self._sessions) | set(self.leases.held()) | set(self.ready.needed)
+        for run_id in known - active:
             log.info("run %s is no longer active; dropping it", run_id)
             self._close_session(run_id)
-            self._announcer.forget(run_id)
+            self._forget(run_id)
+
+    def _forget(self, run_id: str) -> None:
+        self._announcer.forget(run_id)
+        self.scheduler.forget(run_id)
+        self.ready.forget(run_id)
+        for table in (self._retries, self._update_failures):
+            table.pop(run_id, None)
 
     def _complete(self, run_id: str) -> None:
         self.runs.set_status(run_id, RunStatus.COMPLETED)
@@ -366,8 +458,11 @@ class TrainerWorker:
         log.info("run %s reached max_steps; completed", run_id)
 
     def _fail_run(self, run_id: str, message: str) -> None:
+        """FAILED with an ERROR event saying why; the session and lease are dropped."""
         log.error("run %s: %s", run_id, message)
-        with contextlib.suppress(PolicyOptError):
+        self._close_session(run_id)
+        with contextlib.suppress(PolicyOptError, redis.RedisError):
+            self.runs.record_error(run_id, message)
             self.runs.set_status(run_id, RunStatus.FAILED, error=message)
 
 

@@ -14,7 +14,7 @@ from transformers import AutoModelForCausalLM
 from policyopt.core.errors import FailedPrecondition
 from policyopt.core.types import EventKind, MethodChoice, PromptTask, RunStatus, TrajectoryGroup, from_json
 from policyopt.state import LocalAdapterStore, verify_files
-from policyopt.state.queue import PROMPTS_STREAM, TRAINER_GROUP, WorkQueue, groups_stream
+from policyopt.state.queue import TRAINER_GROUP, WorkQueue, groups_stream, prompts_stream
 from policyopt.state.runs import RunStore
 
 
@@ -100,7 +100,9 @@ def test_groups_older_than_max_staleness_go_back_to_the_rollout_workers(trainer_
     manifest = _store(trainer_env).read_manifest(run.run_id, 3)
     assert manifest.group_ids == fresh and not set(stale) & set(manifest.group_ids)
     assert manifest.metrics["trainer/groups_resampled_stale"] == 2.0
-    requeued = [from_json(PromptTask, f[b"data"]) for _id, f in trainer_env.r.xrange(PROMPTS_STREAM)]
+    requeued = [
+        from_json(PromptTask, f[b"data"]) for _id, f in trainer_env.r.xrange(prompts_stream(run.run_id))
+    ]
     assert [(t.run_id, t.prompt) for t in requeued] == [(run.run_id, "What is 1 + 1?")] * 2
     assert WorkQueue(trainer_env.r).queued_prompts(run.run_id) == 2
     assert _pending(trainer_env, run.run_id) == 0 and trainer_env.r.xlen(groups_stream(run.run_id)) == 0
@@ -184,13 +186,15 @@ def test_dynamic_sampling_sends_dropped_prompts_back_when_the_queue_runs_dry(tra
     worker = trainer_env.worker()
 
     assert worker.train_once(run.run_id) is False  # one group kept, the flat one resampled
-    (requeued,) = [from_json(PromptTask, f[b"data"]) for _id, f in trainer_env.r.xrange(PROMPTS_STREAM)]
+    (requeued,) = [
+        from_json(PromptTask, f[b"data"]) for _id, f in trainer_env.r.xrange(prompts_stream(run.run_id))
+    ]
     assert (requeued.run_id, requeued.attempt) == (run.run_id, 1)
     assert _pending(trainer_env, run.run_id) == 1  # the kept group waits; the flat one is gone
 
     trainer_env.push_groups(run, 1, zero_variance=True, attempt=1)  # its resample: flat again, out of rounds
     assert worker.train_once(run.run_id) is False
-    assert trainer_env.r.xlen(PROMPTS_STREAM) == 1  # not sent back a second time
+    assert trainer_env.r.xlen(prompts_stream(run.run_id)) == 1  # not sent back a second time
     more = trainer_env.push_groups(run, 1)
     assert worker.train_once(run.run_id) is True
     manifest = _store(trainer_env).read_manifest(run.run_id, 1)
@@ -345,7 +349,7 @@ def test_run_forever_trains_until_stopped_then_releases_its_leases(trainer_env: 
 
 def test_an_update_that_keeps_failing_fails_the_run_and_keeps_its_groups(trainer_env: TrainerEnv) -> None:
     class BrokenUpdater(StandInUpdater):
-        def step(self, groups: list[TrajectoryGroup]) -> dict[str, float]:
+        def step(self, groups: list[TrajectoryGroup], should_continue: object = None) -> dict[str, float]:
             raise ValueError("prompt longer than the context")
 
     run = trainer_env.create_run()
@@ -362,7 +366,7 @@ def test_an_update_that_keeps_failing_fails_the_run_and_keeps_its_groups(trainer
     state = RunStore(trainer_env.r).get_run(run.run_id)
     assert state.status == RunStatus.FAILED and "prompt longer than the context" in state.error
     errors = [e for e in RunStore(trainer_env.r).read_events(run.run_id) if e.kind == EventKind.ERROR]
-    assert len(errors) == 2 and "attempt 2 of 3" in errors[1].message
+    assert len(errors) == 3 and "attempt 2 of 3" in errors[1].message and "3 times" in errors[2].message
     assert _pending(trainer_env, run.run_id) == 2 and _store(trainer_env).list_versions(run.run_id) == []
 
 
