@@ -48,3 +48,11 @@ def test_readme_override_example_resolves() -> None:
     )
     assert spec.trajectory_side.mismatch_correction.name == "token_tis"
     assert spec.reward_side.group_filter.name == "zero_variance"
+
+
+def test_readme_settings_table_lists_every_setting() -> None:
+    from policyopt.core.settings import _ENV
+
+    table = README.split("## Settings", 1)[1].split("\n## ", 1)[0]
+    missing = [env for env in _ENV if f"`{env}`" not in table]
+    assert not missing, f"README's Settings table lacks {missing}"
