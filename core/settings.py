@@ -102,6 +102,15 @@ class Settings:
     """Largest ``group_size * prompts_per_step``: the sequences one policy update trains on."""
     max_completion_tokens: int = 4096
     """Largest ``max_new_tokens``; prompt and completion must also fit the base model's context."""
+    # -- observability (README "Metrics and dashboard") ----------------------------------------------
+    http_port: int = 8080
+    """HTTP port of this process: ``/metrics`` (Prometheus) on every process, and the run dashboard at ``/``
+    on the server. 0 picks a free port; -1 turns HTTP off. ``policyopt up`` gives each worker a free port."""
+    http_host: str = ""
+    """Address the HTTP port binds; empty: the same as ``host``."""
+    tensorboard: bool = False
+    """The trainer also writes each run's step metrics as TensorBoard event files under
+    ``data_dir/tensorboard/RUN``."""
 
     @property
     def adapter_root(self) -> Path:
@@ -151,6 +160,9 @@ _ENV = {
     "POLICYOPT_MAX_PROMPTS_PER_STEP": "max_prompts_per_step",
     "POLICYOPT_MAX_SEQUENCES_PER_STEP": "max_sequences_per_step",
     "POLICYOPT_MAX_COMPLETION_TOKENS": "max_completion_tokens",
+    "POLICYOPT_HTTP_PORT": "http_port",
+    "POLICYOPT_HTTP_HOST": "http_host",
+    "POLICYOPT_TENSORBOARD": "tensorboard",
 }
 
 
