@@ -10,6 +10,11 @@ Keys they share (see ``state.queue``):
   for a retry after a transient reward failure, or deferred while their endpoint is saturated.
 - ``po:prompts``: the single stream of older deployments, drained into the per-run streams.
 
+- ``po:run:{id}`` field ``ahead``: how many of the run's groups may wait for its trainer, queued or still
+  being scored (``RunStore.create_run``). ``CLAIM`` passes over a run that has that many, moving it to the
+  back: its rollouts would go stale before the trainer reached them, and the rollout workers' time goes to
+  runs that need groups. Runs without the field (older records) are not limited.
+
 A run leaves the index only inside ``CLAIM`` and only when its stream is empty, and every write that adds
 a prompt also (re)adds its run in the same atomic step, so a run with queued prompts is never missing.
 """
@@ -24,9 +29,10 @@ redis.call('ZADD', KEYS[1], 'LT', turn - 0.5, ARGV[1])
 return 1
 """
 
-# Claims up to ARGV[3] new prompts of the first run, in index order, that has any; returns
-# {run_id, entries} or false. Runs whose streams are empty leave the index; runs with only claimed
-# (pending) prompts go to the back. KEYS: index, turn counter. ARGV: group, consumer, count, runs to scan.
+# Claims up to ARGV[3] new prompts of the first run, in index order, that has any and is not too far
+# ahead of its trainer; returns {run_id, entries} or false. Runs whose streams are empty leave the index;
+# runs with only claimed (pending) prompts, or too far ahead, go to the back. KEYS: index, turn counter.
+# ARGV: group, consumer, count, runs to scan.
 CLAIM = """
 local index, turnkey = KEYS[1], KEYS[2]
 local group, consumer, count = ARGV[1], ARGV[2], tonumber(ARGV[3])
@@ -34,11 +40,19 @@ local runs = redis.call('ZRANGE', index, 0, tonumber(ARGV[4]) - 1)
 for _, run in ipairs(runs) do
   local stream = 'po:run:' .. run .. ':prompts'
   local reply = false
-  if redis.call('EXISTS', stream) == 1 then
-    reply = redis.pcall('XREADGROUP', 'GROUP', group, consumer, 'COUNT', count, 'STREAMS', stream, '>')
+  local room = count
+  local ahead = tonumber(redis.call('HGET', 'po:run:' .. run, 'ahead') or '')
+  if ahead and redis.call('EXISTS', stream) == 1 then
+    local waiting = redis.call('XLEN', 'po:run:' .. run .. ':groups')
+    local scoring = redis.pcall('XPENDING', stream, group)
+    if type(scoring) == 'table' and not scoring.err then waiting = waiting + tonumber(scoring[1]) end
+    room = math.min(count, ahead - waiting)
+  end
+  if room > 0 and redis.call('EXISTS', stream) == 1 then
+    reply = redis.pcall('XREADGROUP', 'GROUP', group, consumer, 'COUNT', room, 'STREAMS', stream, '>')
     if type(reply) == 'table' and reply.err then
       redis.call('XGROUP', 'CREATE', stream, group, '0')
-      reply = redis.call('XREADGROUP', 'GROUP', group, consumer, 'COUNT', count, 'STREAMS', stream, '>')
+      reply = redis.call('XREADGROUP', 'GROUP', group, consumer, 'COUNT', room, 'STREAMS', stream, '>')
     end
   end
   local turn = redis.call('INCR', turnkey)

@@ -37,6 +37,16 @@ PUBLISHED_STREAM = "po:adapters:published"
 EVENTS_MAXLEN = 10000
 
 
+def groups_ahead(config: RunConfig) -> int:
+    """How many of a run's groups may wait for its trainer (queued, or sampled and being scored).
+
+    Rollout workers pass over a run with that many (``prompt_scripts.CLAIM``): groups further ahead would be
+    older than ``max_staleness`` allows by the time the trainer reached them, and be sampled again. Twice the
+    groups of the steps a rollout may lag by leaves room for filtered and resampled groups.
+    """
+    return 2 * (config.max_staleness + 1) * config.prompts_per_step
+
+
 def _run_key(run_id: str) -> str:
     return f"po:run:{run_id}"
 
@@ -78,7 +88,14 @@ class RunStore:
         pipe = self.r.pipeline(transaction=True)
         pipe.hset(
             _run_key(run.run_id),
-            mapping={"data": to_json(run), "version": 0, "step": 0, "prompts": 0, "groups": 0},
+            mapping={
+                "data": to_json(run),
+                "version": 0,
+                "step": 0,
+                "prompts": 0,
+                "groups": 0,
+                "ahead": groups_ahead(config),
+            },
         )
         pipe.sadd(f"po:tenant:{tenant}:runs", run.run_id)
         pipe.sadd("po:runs:active", run.run_id)

@@ -163,3 +163,37 @@ def test_resampling_a_group_sends_its_prompt_to_the_runs_stream(fresh_redis: red
     queue.resample_group(group_id, group, attempt=1)
     ((_, task),) = queue.claim_prompts("w", count=1, block_ms=0)
     assert (task.prompt_id, task.attempt) == ("p0", 1) and queue.queued_groups("run-a") == 0
+
+
+def test_a_run_with_enough_groups_waiting_for_its_trainer_is_passed_over(fresh_redis: redis.Redis) -> None:
+    """``ahead`` = 2 x (max_staleness + 1) x prompts_per_step = 2 here: groups waiting for the trainer and
+    prompts being scored both count; another run is served meanwhile, and room comes back as steps ack."""
+    from policyopt.core.types import RunConfig
+    from policyopt.state.runs import RunStore, groups_ahead
+
+    config = RunConfig(base_model="tiny", prompts_per_step=1, max_staleness=0)
+    assert groups_ahead(config) == 2
+    runs, queue = RunStore(fresh_redis), WorkQueue(fresh_redis)
+    limited = runs.create_run("t", config).run_id
+    queue.enqueue_prompts(tasks(limited, 10, "l"))
+    queue.enqueue_prompts(tasks("run-other", 10, "o"))
+
+    def claim_of(run_id: str) -> list[tuple[str, PromptTask]]:
+        claimed = queue.claim_prompts("w", count=4, block_ms=0)
+        while claimed and claimed[0][1].run_id != run_id:
+            claimed = queue.claim_prompts("w", count=4, block_ms=0)
+        return claimed
+
+    first = claim_of(limited)
+    assert len(first) == 2  # two being scored: no room for more
+    assert all(t.run_id == "run-other" for _, t in queue.claim_prompts("w", count=4, block_ms=0))
+    message_id, task = first[0]
+    group = TrajectoryGroup(limited, "g0", task.prompt_id, task.prompt, [1], [], adapter_version=0)
+    queue.complete_prompt(message_id, task, group)  # 1 group queued + 1 prompt being scored: still full
+    assert all(t.run_id == "run-other" for _, t in queue.claim_prompts("w", count=4, block_ms=0))
+    ((group_message, _),) = queue.read_groups(limited, "trainer-1", count=1, block_ms=1)
+    pipe = fresh_redis.pipeline(transaction=True)
+    queue.ack_groups(pipe, limited, [group_message])  # the trainer's commit
+    pipe.execute()
+    again = claim_of(limited)
+    assert len(again) == 1 and again[0][1].run_id == limited
