@@ -89,6 +89,9 @@ def run(args: argparse.Namespace) -> int:
             temperature=1.0,
         )
         print(f"run {run_handle.run_id}: {task.description}")
+        dashboard = stack.http_urls.get("server")
+        if dashboard:  # the demo's key is made up per demo; the dashboard asks for it
+            print(f"dashboard: {dashboard}/runs/{run_handle.run_id} (log in with API key {key})", flush=True)
         rewards = _drive(run_handle, task, steps, size, stack)
         adapter_dir = run_handle.pull_adapter("latest", out_dir / "adapter")
         client.close()

@@ -1,5 +1,7 @@
-"""Server interceptors, outermost first: auth -> limits -> telemetry -> errors.
+"""Server interceptors, outermost first: metrics -> auth -> limits -> telemetry -> errors.
 
+- ``MetricsInterceptor`` counts each call by method and status code and times it (``core.metrics``);
+  outermost, so refusals by auth and limits are counted too. Streams count when they end.
 - ``AuthInterceptor`` maps the API key (``x-api-key`` or ``authorization: Bearer KEY``) to a tenant
   and binds it to ``current_tenant()`` for the handler; a missing or wrong key is UNAUTHENTICATED.
   Health checking is open to probes; reflection needs a key unless ``reflection_public`` opens it.
@@ -17,12 +19,14 @@ from __future__ import annotations
 
 import contextvars
 import hmac
+import time
 from collections.abc import Callable, Iterator, Sequence
 
 import grpc
 from opentelemetry import propagate, trace
 
 from policyopt.core.errors import InvalidArgument, Unauthenticated
+from policyopt.core.metrics import RPC_DURATION, RPC_REQUESTS
 from policyopt.core.telemetry import tracer
 from policyopt.server.errors import abort_with
 
@@ -166,6 +170,65 @@ def _rejecting(exc: Unauthenticated, streaming: bool) -> Callable[..., object]:
     return reject_stream if streaming else reject
 
 
+class MetricsInterceptor(grpc.ServerInterceptor):
+    """``policyopt_rpc_requests_total{method,code}`` and ``policyopt_rpc_duration_seconds{method}`` per call.
+
+    ``method`` is ``Service/Method`` of a registered handler (unknown methods are not counted, so the
+    label stays bounded); ``code`` is the status name the call ended with.
+    """
+
+    def intercept_service(
+        self, continuation: Continuation, details: grpc.HandlerCallDetails
+    ) -> grpc.RpcMethodHandler | None:
+        handler = continuation(details)
+        if handler is None:
+            return handler
+        method = details.method.rsplit(".", 1)[-1]  # /policyopt.v1.Svc/Method -> Svc/Method
+
+        def wrap(behavior: Callable[..., object], streaming: bool) -> Callable[..., object]:
+            def unary(request: object, context: grpc.ServicerContext) -> object:
+                started = time.perf_counter()
+                code = "UNKNOWN"
+                try:
+                    response = behavior(request, context)
+                    code = _status_name(context, "OK")
+                    return response
+                except BaseException:
+                    code = _status_name(context, "UNKNOWN")
+                    raise
+                finally:
+                    _observe(method, code, started)
+
+            def stream(request: object, context: grpc.ServicerContext) -> Iterator[object]:
+                started = time.perf_counter()
+                code = "UNKNOWN"
+                try:
+                    yield from behavior(request, context)  # type: ignore[misc]
+                    code = _status_name(context, "OK")
+                except GeneratorExit:  # the caller went away (cancelled) or the server stopped mid-stream
+                    code = "CANCELLED"
+                    raise
+                except BaseException:
+                    code = _status_name(context, "UNKNOWN")
+                    raise
+                finally:
+                    _observe(method, code, started)
+
+            return stream if streaming else unary
+
+        return wrap_handler(handler, wrap)
+
+
+def _status_name(context: grpc.ServicerContext, default: str) -> str:
+    code = context.code()
+    return code.name if isinstance(code, grpc.StatusCode) else default
+
+
+def _observe(method: str, code: str, started: float) -> None:
+    RPC_REQUESTS.labels(method, code).inc()
+    RPC_DURATION.labels(method).observe(time.perf_counter() - started)
+
+
 class TelemetryInterceptor(grpc.ServerInterceptor):
     """A server span per call, parented on the trace context in the call's metadata."""
 
@@ -293,6 +356,12 @@ def server_interceptors(
     reflection_public: bool = False,
     limits: grpc.ServerInterceptor | None = None,
 ) -> Sequence[grpc.ServerInterceptor]:
-    """The interceptor chain in order: auth -> limits (when given) -> telemetry -> errors."""
+    """The interceptor chain in order: metrics -> auth -> limits (when given) -> telemetry -> errors."""
     auth = AuthInterceptor(api_keys, reflection_public)
-    return (auth, *([limits] if limits else []), TelemetryInterceptor(), ErrorInterceptor())
+    return (
+        MetricsInterceptor(),
+        auth,
+        *([limits] if limits else []),
+        TelemetryInterceptor(),
+        ErrorInterceptor(),
+    )

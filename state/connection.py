@@ -13,6 +13,7 @@ from urllib.parse import parse_qsl, urlsplit
 import redis
 
 from policyopt.core.errors import InvalidArgument, Unavailable
+from policyopt.core.metrics import redis_error
 from policyopt.core.settings import Settings
 
 
@@ -29,11 +30,13 @@ def connect(settings: Settings) -> redis.Redis:
     try:
         client.ping()
     except redis.AuthenticationError as exc:
+        redis_error("connect")
         raise Unavailable(
             f"Redis at {where} refused the credentials ({exc}); put the right password in REDIS_URL "
             "(redis://:PASSWORD@host:port/0)"
         ) from exc
     except redis.RedisError as exc:
+        redis_error("connect")
         raise Unavailable(f"cannot reach Redis at {where}: {exc}") from exc
     info = client.info("server")
     version = tuple(int(p) for p in str(info.get("redis_version", "0")).split(".")[:2])

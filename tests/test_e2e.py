@@ -27,6 +27,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     settings = Settings(
         data_dir=str(data_dir),
         port=0,
+        http_port=0,  # free HTTP ports, never the default 8080
         api_keys={KEY: "team"},
         torch_threads=1,
         model_roots=(str(tmp_path_factory.getbasetemp()),),  # the tiny model, named by its path

@@ -26,6 +26,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     settings = Settings(
         data_dir=str(data_dir),
         port=0,
+        http_port=-1,  # no HTTP: never the default 8080 in tests
         api_keys={f"key-{t}": t for t in TENANTS},
         model_roots=(str(tmp_path_factory.getbasetemp()),),
     )

@@ -14,7 +14,9 @@ pytestmark = pytest.mark.slow
 
 
 def test_tiny_demo_raises_the_reward_and_leaves_adapter_and_curve(tmp_path: Path) -> None:
-    env = dict(os.environ, POLICYOPT_DATA_DIR=str(tmp_path / "data"), PYTHONUNBUFFERED="1")
+    env = dict(
+        os.environ, POLICYOPT_DATA_DIR=str(tmp_path / "data"), PYTHONUNBUFFERED="1", POLICYOPT_HTTP_PORT="0"
+    )
     out = tmp_path / "out"
     result = subprocess.run(
         [sys.executable, "-m", "policyopt.cli.main", "demo", "--model", "tiny", "--out", str(out)],

@@ -18,6 +18,7 @@ def test_serve_reports_the_bound_port_and_stops_on_sigterm(valkey_url: str, tmp_
         "REDIS_URL": valkey_url,
         "POLICYOPT_DATA_DIR": str(tmp_path),
         "POLICYOPT_API_KEYS": "t:k",
+        "POLICYOPT_HTTP_PORT": "-1",  # never the default 8080 in tests
     }
     proc = subprocess.Popen(
         [sys.executable, "-m", "policyopt.cli.main", "serve", "--port", "0"],

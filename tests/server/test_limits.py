@@ -293,6 +293,7 @@ def server_process(
         POLICYOPT_MODEL_ROOTS=str(tmp_path_factory.getbasetemp()),
         POLICYOPT_ENDPOINT_ALLOWLIST="public,loopback",
         POLICYOPT_TELEMETRY="off",
+        POLICYOPT_HTTP_PORT="-1",  # never the default 8080 in tests
     )
     process = subprocess.Popen(
         [sys.executable, "-c", "from policyopt.cli.main import main; main()", "serve", "--port", "0"],

@@ -28,6 +28,7 @@ import grpc
 from google.protobuf import struct_pb2
 
 from policyopt.core.errors import RewardEndpointError
+from policyopt.core.metrics import REWARD_CALL_DURATION, REWARD_CALL_ERRORS, REWARD_CALL_RETRIES
 from policyopt.core.outbound import OutboundPolicy, connect_target, split_host_port
 from policyopt.core.settings import Settings
 from policyopt.core.types import JSONValue, RewardEndpointInfo
@@ -99,6 +100,7 @@ class RewardClient:
         timeout_s = endpoint.timeout_s or self.timeout_s
         breaker = self.breaker(endpoint)
         if not breaker.allow():
+            REWARD_CALL_ERRORS.labels(endpoint.address, "CIRCUIT_OPEN").inc()
             raise RewardEndpointError(
                 f"reward endpoint {endpoint.name!r} at {endpoint.address} failed {breaker.threshold} times in "
                 f"a row; calls to it pause for {breaker.cooldown_s:g}s",
@@ -117,7 +119,11 @@ class RewardClient:
             breaker.release()
             raise
         breaker.record_success()  # it answered; whether the answer is usable is checked next
-        return _check_scores(endpoint, list(response.scores), len(group.completions))
+        try:
+            return _check_scores(endpoint, list(response.scores), len(group.completions))
+        except RewardEndpointError:
+            REWARD_CALL_ERRORS.labels(endpoint.address, "BAD_SCORES").inc()
+            raise
 
     def breaker(self, endpoint: RewardEndpointInfo) -> CircuitBreaker:
         """The endpoint's circuit breaker, one per address (shared by the tenants that register it)."""
@@ -162,17 +168,24 @@ class RewardClient:
         self, endpoint: RewardEndpointInfo, request: reward_pb2.ScoreRequest, timeout_s: float
     ) -> reward_pb2.ScoreResponse:
         attempts = 1 + max(0, self.retries)
+        timer = REWARD_CALL_DURATION.labels(endpoint.address)
         for attempt in range(attempts):
+            stub = self._stub(endpoint)
+            started = time.monotonic()
             try:
-                response: reward_pb2.ScoreResponse = self._stub(endpoint).Score(request, timeout=timeout_s)
+                response: reward_pb2.ScoreResponse = stub.Score(request, timeout=timeout_s)
+                timer.observe(time.monotonic() - started)
                 return response
             except grpc.RpcError as exc:
+                timer.observe(time.monotonic() - started)
                 code = exc.code() if isinstance(exc, grpc.Call) else grpc.StatusCode.UNKNOWN
                 details = exc.details() if isinstance(exc, grpc.Call) else str(exc)
                 if code not in TRANSIENT_CODES or attempt + 1 == attempts:
+                    REWARD_CALL_ERRORS.labels(endpoint.address, code.name).inc()
                     log.warning("reward endpoint %s at %s failed after %d attempts: %s (%s)", endpoint.name,
                                 endpoint.address, attempt + 1, code.name, details)  # fmt: skip
                     raise _call_error(endpoint, timeout_s, transient=code in TRANSIENT_CODES) from exc
+                REWARD_CALL_RETRIES.labels(endpoint.address).inc()
                 delay = min(self.max_backoff_s, self.backoff_s * 2**attempt)
                 log.warning("reward endpoint %s: %s (%s); retry %d in %.2fs", endpoint.name, code.name, details,
                             attempt + 1, delay)  # fmt: skip

@@ -1,10 +1,11 @@
-"""Running a rollout worker as a process: signals and telemetry. ``policyopt worker rollout`` calls this."""
+"""Running a rollout worker as a process: signals, telemetry and ``/metrics`` (``settings.http_port``). ``policyopt worker rollout`` calls this."""
 
 from __future__ import annotations
 
 import signal
 import threading
 
+from policyopt.core.metrics import serve_metrics
 from policyopt.core.settings import Settings
 from policyopt.core.telemetry import setup_telemetry
 from policyopt.workers.rollout.worker import RolloutWorker
@@ -18,11 +19,16 @@ def serve_rollout(settings: Settings, stop_event: threading.Event | None = None)
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda _signum, _frame: stop.set())
     setup_telemetry(settings, "policyopt-rollout")
-    worker = RolloutWorker(settings)
+    endpoint = serve_metrics(settings, "rollout")
     try:
-        worker.run_forever(stop)
+        worker = RolloutWorker(settings)
+        try:
+            worker.run_forever(stop)
+        finally:
+            worker.close()
     finally:
-        worker.close()
+        if endpoint is not None:
+            endpoint.close()
 
 
 __all__ = ["serve_rollout"]

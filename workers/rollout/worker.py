@@ -29,6 +29,7 @@ from typing import cast
 
 import redis
 
+from policyopt.core import metrics
 from policyopt.core.errors import (
     FailedPrecondition,
     NotFound,
@@ -65,6 +66,8 @@ MAX_CACHED_METHODS = 1024
 MAX_PENDING_SCORES = 256
 """Groups waiting for scores in one worker, over all endpoints; the loop stops claiming beyond it."""
 SHUTDOWN_GRACE_S = 10.0
+FORGET_RUNS_EVERY_S = 30.0
+"""How often the worker drops the metric series of runs that are no longer active."""
 
 Sampled = tuple[list[int], list[Sample], Sample | None]  # prompt ids, the group's samples, a greedy one
 
@@ -116,10 +119,15 @@ class RolloutWorker:
     def run_forever(self, stop_event: threading.Event) -> None:
         """Process prompts until ``stop_event`` is set, then finish or give back the prompts in hand."""
         log.info("rollout worker %s started (%d torch threads)", self.consumer, self.threads)
+        forgot_at = time.monotonic()
         while not stop_event.is_set():
             try:
                 self.process_one(block_ms=100)
+                if time.monotonic() - forgot_at >= FORGET_RUNS_EVERY_S:
+                    forgot_at = time.monotonic()
+                    metrics.forget_inactive_runs(self.store.active_run_ids())
             except redis.RedisError as exc:
+                metrics.redis_error("rollout_loop")
                 log.warning("Redis is unavailable (%s); retrying in 1s", exc)
                 stop_event.wait(1.0)
             except Exception:
@@ -241,10 +249,14 @@ class RolloutWorker:
         if ready:
             longest = max(len(ids) for ids in prompt_ids_list)
             params = sampling_params(config, longest, engine.context_length)
+            started = time.monotonic()
             groups = engine.sample(prompt_ids_list, config.group_size, params, adapter)
             greedy: list[Sample | None] = [None] * len(ready)
             if self._method(run).needs_greedy_baseline:  # ReMax: a greedy rollout's reward as baseline
                 greedy = list(engine.greedy(prompt_ids_list, params.max_new_tokens, adapter))
+            tokens = sum(len(s.completion_ids) for group in groups for s in group)
+            tokens += sum(len(g.completion_ids) for g in greedy if g is not None)
+            metrics.record_rollout(run.run_id, tokens, time.monotonic() - started, len(groups))
             for k, i in enumerate(ready):
                 outcomes[i] = (prompt_ids_list[k], groups[k], greedy[k])
         return outcomes
@@ -271,6 +283,7 @@ class RolloutWorker:
             else:
                 self.queue.complete_prompt(job.message_id, task, outcome)
         except redis.RedisError as exc:
+            metrics.redis_error("complete_prompt")
             log.warning("prompt %s of run %s stays pending: Redis is unavailable (%s)", task.prompt_id,
                         task.run_id, exc)  # fmt: skip
         finally:
@@ -305,6 +318,7 @@ class RolloutWorker:
             return None
         if run.status != RunStatus.RUNNING:
             log.info("dropping prompt %s: run %s is %s", task.prompt_id, run.run_id, run.status.value)
+            metrics.forget_run(run.run_id)
             return None
         return run
 
@@ -402,6 +416,7 @@ class RolloutWorker:
         try:
             self.queue.delay_prompt(job.message_id, job.task, 0.0)
         except redis.RedisError as exc:  # it stays pending and is reclaimed after claim_idle_ms
+            metrics.redis_error("give_back")
             log.warning("could not give back prompt %s (%s)", job.task.prompt_id, exc)
         self._release([job.message_id])
 
@@ -412,8 +427,10 @@ class RolloutWorker:
             with self._held_changed:
                 held = list(self._held.items())
             if held:
-                with contextlib.suppress(redis.RedisError):
+                try:
                     self.queue.touch_prompts(self.consumer, held)
+                except redis.RedisError:  # the loop logs Redis outages; the next touch tries again
+                    metrics.redis_error("touch_prompts")
 
 
 __all__ = ["RolloutWorker"]

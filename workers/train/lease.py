@@ -19,6 +19,8 @@ import uuid
 
 import redis
 
+from policyopt.core.metrics import redis_error
+
 log = logging.getLogger(__name__)
 
 _RENEW = """
@@ -92,6 +94,7 @@ class LeaseKeeper:
             try:
                 self._release(keys=[lease_key(run_id)], args=[token])
             except redis.RedisError as exc:
+                redis_error("lease_release")
                 log.warning("could not release the lease of run %s (it will expire): %s", run_id, exc)
             self.publish_load()
 
@@ -109,6 +112,7 @@ class LeaseKeeper:
             pipe.hset(LOADS_KEY, self.member, len(self.held()))
             pipe.execute()
         except redis.RedisError as exc:
+            redis_error("publish_load")
             log.warning("could not publish this trainer's load: %s", exc)
 
     def fewest_elsewhere(self) -> int | None:
@@ -138,6 +142,7 @@ class LeaseKeeper:
             pipe.hdel(LOADS_KEY, self.member)
             pipe.execute()
         except redis.RedisError as exc:
+            redis_error("withdraw_load")
             log.warning("could not withdraw this trainer from the load registry: %s", exc)
 
     def close(self) -> None:
@@ -159,6 +164,7 @@ class LeaseKeeper:
             try:
                 results = pipe.execute(raise_on_error=False)
             except redis.RedisError as exc:
+                redis_error("lease_renew")
                 log.warning("lease renewal failed: %s", exc)
                 return
             for run_id, ok in zip(held, results, strict=True):

@@ -246,7 +246,8 @@ def test_sigterm_lets_the_worker_process_exit_cleanly(
     env = {**os.environ, "REDIS_URL": settings.redis_url or "", "POLICYOPT_DATA_DIR": settings.data_dir,
            "POLICYOPT_TORCH_THREADS": "1", "POLICYOPT_DEVICE": "cpu",
            "POLICYOPT_ENDPOINT_ALLOWLIST": ",".join(settings.endpoint_allowlist),
-           "POLICYOPT_MODEL_ROOTS": os.pathsep.join(settings.model_roots)}  # fmt: skip
+           "POLICYOPT_MODEL_ROOTS": os.pathsep.join(settings.model_roots),
+           "POLICYOPT_HTTP_PORT": "0"}  # fmt: skip
     proc = subprocess.Popen([sys.executable, "-m", "policyopt.workers.rollout"], env=env)
     try:
         submit(fresh_redis, run_id, n=1)
