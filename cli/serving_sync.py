@@ -1,8 +1,10 @@
-"""``policyopt serving-sync --vllm URL [--vllm URL ...] [--run RUN] [--pin VERSION]``.
+"""``policyopt serving-sync --vllm URL [--vllm URL ...] [--run RUN] [--pin VERSION] [--pull-to DIR]``.
 
 Keeps vLLM endpoints on the newest adapter version (plus pinned ones) as the trainer publishes them;
-see ``policyopt.workers.serving``. Needs the service's ``REDIS_URL`` and a vLLM that reads the
-same adapter store (``POLICYOPT_ADAPTER_STORE`` / ``POLICYOPT_DATA_DIR``).
+see ``policyopt.workers.serving``. By default it needs the service's ``REDIS_URL`` and a vLLM that reads
+the same adapter store (``POLICYOPT_ADAPTER_STORE`` / ``POLICYOPT_DATA_DIR``). With ``--pull-to DIR`` it
+needs neither: it talks to the server (``--address``, ``--api-key``, ``--tls-*``), pulls each version
+into ``DIR`` beside vLLM and loads it from there (``policyopt.workers.serving_pull``).
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import logging
 import signal
 import threading
 
-from policyopt.cli.common import Subparsers
+from policyopt.cli.common import Subparsers, client_from
 
 
 def register(subparsers: Subparsers) -> None:
@@ -51,6 +53,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--interval", type=float, default=5.0, help="seconds between full reconciles (restarted servers)"
     )
+    parser.add_argument(
+        "--pull-to",
+        default=None,
+        metavar="DIR",
+        help="no shared storage: pull each version over gRPC (--address, --api-key) into DIR, a "
+        "directory vLLM reads, and load it from there; follows --run, or every running run of the "
+        "API key's tenant",
+    )
     parser.add_argument("--once", action="store_true", help="reconcile once and exit")
 
 
@@ -65,6 +75,8 @@ def run(args: argparse.Namespace) -> int:
     urls = args.vllm or list(settings.vllm_urls)
     if not urls:
         raise InvalidArgument("give at least one --vllm URL (or set POLICYOPT_VLLM_URL)")
+    if args.pull_to:
+        return _run_pulling(args, urls)
     sync = ServingSync(
         connect(settings),
         settings.adapter_root,
@@ -82,4 +94,27 @@ def run(args: argparse.Namespace) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda _signum, _frame: stop.set())
     sync.run_forever(stop)
+    return 0
+
+
+def _run_pulling(args: argparse.Namespace, urls: list[str]) -> int:
+    from policyopt.workers.serving_pull import PullSync
+
+    with client_from(args) as client:
+        sync = PullSync(
+            client,
+            args.pull_to,
+            urls,
+            run_id=args.run,
+            pins=args.pin,
+            max_loras=args.max_loras,
+            reconcile_interval_s=args.interval,
+        )
+        if args.once:
+            sync.sync_once()
+            return 0
+        stop = threading.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda _signum, _frame: stop.set())
+        sync.run_forever(stop)
     return 0

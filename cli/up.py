@@ -1,4 +1,7 @@
-"""``policyopt up``: embedded Valkey, the gRPC server, a rollout worker and a trainer, for local use."""
+"""``policyopt up``: embedded Valkey, the gRPC server, a rollout worker and a trainer, for local use.
+
+A child that dies is restarted with backoff (``cli/supervision.py``); Ctrl-C or SIGTERM stops them all.
+"""
 
 from __future__ import annotations
 
@@ -35,10 +38,14 @@ def run(args: argparse.Namespace) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda _signum, _frame: stop.set())
     log_dir = Path(settings.data_dir) / "logs"
-    with start_stack(settings, log_dir=log_dir, rollout_workers=args.rollout_workers) as stack:
+    stack_cm = start_stack(settings, log_dir=log_dir, rollout_workers=args.rollout_workers, supervise=True)
+    with stack_cm as stack:
         redis_url = redact_url(stack.settings.redis_url or "")
         where = f"REDIS_URL={redis_url}" + (" (embedded Valkey)" if stack.valkey else "")
         print(f"policyopt is up on {stack.address}; {where}; logs in {log_dir}. Ctrl-C stops it.", flush=True)
+        for name, url in stack.http_urls.items():
+            what = "dashboard and metrics" if name == "server" else "metrics"
+            print(f"  {name} {what}: {url}/" + ("" if name == "server" else "metrics"), flush=True)
         if not settings.api_keys:
             print("warning: POLICYOPT_API_KEYS is empty, so auth is off; set it before exposing the port.")
         while not stop.wait(1.0):

@@ -10,7 +10,10 @@ from policyopt.cli.common import Subparsers
 
 
 def register(subparsers: Subparsers) -> None:
-    parser = subparsers.add_parser("worker", help="run one rollout or trainer worker (needs REDIS_URL)")
+    parser = subparsers.add_parser(
+        "worker",
+        help="run one rollout or trainer worker (needs REDIS_URL); under torchrun the trainer is data-parallel",
+    )
     parser.add_argument(
         "role", choices=["rollout", "train"], help="rollout: sample and score; train: update and publish"
     )

@@ -86,6 +86,15 @@ class EmbeddedValkey:
         self._proc: subprocess.Popen[bytes] | None = None
 
     @property
+    def pid(self) -> int | None:
+        return None if self._proc is None else self._proc.pid
+
+    def poll(self) -> int | None:
+        """The exit status once the server exited (the process is reaped then); None while it runs or when it
+        was never started. ``start()`` again restarts it on the same port and data directory."""
+        return None if self._proc is None else self._proc.poll()
+
+    @property
     def url(self) -> str:
         auth = f":{quote(self.password, safe='')}@" if self.password else ""
         return f"redis://{auth}{self.host}:{self.port}/0"

@@ -1,4 +1,5 @@
-"""Building and running the gRPC server: servicer, interceptors, health checking, reflection."""
+"""Building and running the gRPC server (servicer, interceptors, health checking, reflection) and, beside it,
+the HTTP port: the run dashboard and ``/metrics``."""
 
 from __future__ import annotations
 
@@ -12,13 +13,16 @@ from types import FrameType, TracebackType
 
 import grpc
 import redis
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_health.v1 import health, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from policyopt.client.tls import server_credentials
 from policyopt.core.errors import InvalidArgument
+from policyopt.core.metrics import http_host, register_server_collector
 from policyopt.core.settings import Settings
 from policyopt.core.telemetry import setup_telemetry
+from policyopt.server.dashboard import HttpServer, build_app
+from policyopt.server.health import RedisHealth
 from policyopt.server.interceptors import server_interceptors
 from policyopt.server.limits import LimitsInterceptor, ThreadPlan
 from policyopt.server.servicer import PolicyOptimizerServicer
@@ -29,7 +33,6 @@ from policyopt.v1 import policyopt_pb2_grpc as pb_grpc
 log = logging.getLogger(__name__)
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["PolicyOptimizer"].full_name
-HEALTH_INTERVAL_S = 5.0
 MMAP_THRESHOLD_BYTES = 1 << 20
 _M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
 
@@ -53,39 +56,30 @@ class PolicyOptServer:
         self._health = health_servicer
         self._stopped = threading.Event()
         self.limits = limits  # the per-tenant slots: what each tenant holds open now
-        self._monitor = threading.Thread(target=self._watch_redis, name="policyopt-health", daemon=True)
+        self._health_probe = RedisHealth(health_servicer, r, (SERVICE_NAME,))
 
     @property
     def address(self) -> str:
         return f"{self.host}:{self.port}"
 
+    @property
+    def redis(self) -> redis.Redis:
+        return self._redis
+
     def start(self) -> PolicyOptServer:
         self.server.start()
-        self._monitor.start()
+        self._health_probe.start()
         log.info("policyopt server listening on %s", self.address)
         return self
 
     def _set_serving(self, serving: bool) -> None:
-        status = (
-            health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
-        )
-        for name in ("", SERVICE_NAME):
-            self._health.set(name, status)
-
-    def _watch_redis(self) -> None:
-        """PolicyOptimizer is SERVING while Redis answers, NOT_SERVING while it does not."""
-        while not self._stopped.wait(HEALTH_INTERVAL_S):
-            try:
-                self._redis.ping()
-                self._set_serving(True)
-            except redis.RedisError as exc:
-                log.warning("Redis unreachable, health NOT_SERVING: %s", exc)
-                self._set_serving(False)
+        self._health_probe.set_serving(serving)
 
     def stop(self, grace: float | None = 5.0) -> None:
         """Refuse new calls, let running ones finish for ``grace`` seconds, then cancel them."""
         self._stopped.set()
         self._health.enter_graceful_shutdown()
+        self._health_probe.stop()
         self.server.stop(grace).wait()
 
     def wait(self) -> None:
@@ -163,6 +157,17 @@ def build_server(
     return built
 
 
+def build_http_server(settings: Settings, r: redis.Redis) -> HttpServer | None:
+    """The dashboard and ``/metrics`` on ``http_host`` (default ``host``) : ``http_port``, bound, not yet
+    started; port 0 picks a free one (``.port``); None when ``http_port`` is -1 (HTTP off)."""
+    if settings.http_port < 0:
+        return None
+    host = http_host(settings)
+    if not settings.api_keys and host not in ("127.0.0.1", "localhost", "::1"):
+        log.warning("the dashboard on %s has no API keys: anyone who reaches it sees every run", host)
+    return HttpServer(build_app(settings, r), host, settings.http_port)
+
+
 def return_large_buffers_to_the_os() -> None:
     """Serve allocations of 1 MiB and more with mmap, so a large request's memory goes back when freed.
 
@@ -179,12 +184,18 @@ def return_large_buffers_to_the_os() -> None:
 
 
 def serve(settings: Settings, grace_s: float = 10.0) -> None:
-    """Run until SIGTERM or SIGINT, then stop gracefully. Prints the bound address."""
+    """Run until SIGTERM or SIGINT, then stop gracefully. Prints the bound gRPC and HTTP addresses."""
     return_large_buffers_to_the_os()
     setup_telemetry(settings, "policyopt-server")
-    running = build_server(settings).start()
+    running = build_server(settings)
+    http = build_http_server(settings, running.redis)  # binds now: a taken port fails before serving
+    register_server_collector(running.redis)
+    running.start()
     tls = ("mutual TLS" if settings.tls_client_ca else "TLS") if settings.tls_cert else "plaintext"
     print(f"policyopt server listening on {running.address} ({tls})", flush=True)
+    if http is not None:
+        http.start()
+        print(f"policyopt dashboard and /metrics on {http.url} (plaintext HTTP)", flush=True)
     done = threading.Event()
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:
@@ -194,4 +205,6 @@ def serve(settings: Settings, grace_s: float = 10.0) -> None:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     done.wait()
+    if http is not None:
+        http.stop()
     running.stop(grace_s)

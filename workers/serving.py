@@ -12,6 +12,9 @@ repairs the difference, so a restarted vLLM gets its adapters back without anyon
 Managed names are policyopt's ``RUN@vN`` names (of ``run_id`` only, when given); other adapters on the
 endpoint are left alone. At startup the wanted set is the newest version of ``run_id``, or of every
 active run; later publications of any run (or of ``run_id``) join it.
+
+``AdapterServing`` is that reconciler; ``ServingSync`` feeds it from Redis and the shared adapter store.
+``policyopt.workers.serving_pull.PullSync`` (``--pull-to``) feeds it over gRPC instead, from local copies.
 """
 
 from __future__ import annotations
@@ -65,12 +68,15 @@ def parse_pin(pin: str, run_id: str | None) -> tuple[str, int]:
     return run_id, int(text)
 
 
-class ServingSync:
-    """Reconciles vLLM endpoints with the wanted adapter versions; ``run_forever`` or ``step``."""
+class AdapterServing:
+    """The reconciler both modes share: the wanted set, and load/probe/unload on every endpoint.
+
+    Versions live in ``adapter_root/RUN/vNNNNNN`` (the adapter store, or ``--pull-to``'s local copies);
+    subclasses say which versions are wanted by calling ``want``.
+    """
 
     def __init__(
         self,
-        r: redis.Redis,
         adapter_root: str | Path,
         urls: Sequence[str],
         *,
@@ -82,8 +88,6 @@ class ServingSync:
     ) -> None:
         if not urls:
             raise InvalidArgument("serving sync needs at least one --vllm URL")
-        self.runs = RunStore(r)
-        self.r = r
         self.adapter_root = Path(adapter_root)
         self.run_id = run_id
         self.pins = {parse_pin(p, run_id) for p in pins}
@@ -93,38 +97,20 @@ class ServingSync:
         self.slots = {u.rstrip("/"): LoraSlots(VLLMClient(u, timeout_s=120.0)) for u in urls}
         self.served: list[Served] = []
         self._newest: dict[str, int] = {}
-        self._published_at: dict[str, float] = {}  # name -> publication time (stream id)
+        self._published_at: dict[str, float] = {}  # name -> publication time
         self._unprobed: set[tuple[str, str]] = set()  # (url, name) of new versions not yet served there
-        self._cursor = "0-0"
         self._histogram = _latency_histogram()
 
     # -- wanted state ------------------------------------------------------------------------------------
-    def bootstrap(self) -> None:
-        """Start after the stream's current end, wanting the newest version of the watched runs."""
-        last: list[tuple[bytes, dict[bytes, bytes]]] = self.r.xrevrange(PUBLISHED_STREAM, count=1)  # type: ignore[assignment]
-        self._cursor = last[0][0].decode() if last else "0-0"
-        for run_id in [self.run_id] if self.run_id else self.runs.active_run_ids():
-            try:
-                version = self.runs.get_run(run_id).version
-            except NotFound:
-                log.warning("run %s does not exist (yet); waiting for its first publication", run_id)
-                continue
-            if version:
-                self._newest[run_id] = max(version, self._newest.get(run_id, 0))
-
-    def observe(self, publications: Iterable[tuple[str, str, int]]) -> list[str]:
-        """Fold publications (stream id, run, version) into the wanted set; names that became newest."""
-        fresh = []
-        for stream_id, run_id, version in publications:
-            self._cursor = stream_id
-            if (self.run_id and run_id != self.run_id) or version <= self._newest.get(run_id, 0):
-                continue
-            self._newest[run_id] = version
-            name = adapter_name(run_id, version)
-            self._published_at[name] = int(stream_id.split("-")[0]) / 1000.0
-            self._unprobed.update((url, name) for url in self.slots)
-            fresh.append(name)
-        return fresh
+    def want(self, run_id: str, version: int, published_at: float) -> str | None:
+        """Make ``version`` the wanted one of ``run_id`` when it is newer; its name then, else None."""
+        if (self.run_id and run_id != self.run_id) or version <= self._newest.get(run_id, 0):
+            return None
+        self._newest[run_id] = version
+        name = adapter_name(run_id, version)
+        self._published_at[name] = published_at
+        self._unprobed.update((url, name) for url in self.slots)
+        return name
 
     def wanted(self) -> dict[str, Path]:
         """name -> adapter directory: pins first, then the newest of each run, most recent first."""
@@ -142,25 +128,31 @@ class ServingSync:
         return parsed is not None and (self.run_id is None or parsed[0] == self.run_id)
 
     # -- reconcile -------------------------------------------------------------------------------------
-    def reconcile(self) -> None:
-        """Make every endpoint serve exactly the wanted managed names (others untouched)."""
+    def reconcile(self) -> bool:
+        """Make every endpoint serve exactly the wanted managed names (others untouched).
+
+        True when every endpoint answered: then no managed name outside ``wanted()`` is loaded anywhere.
+        """
         wanted = self.wanted()
+        reached_all = True
         for url, slot in self.slots.items():
             try:
                 self._reconcile_endpoint(url, slot, wanted)
             except PolicyOptError as exc:
+                reached_all = False
                 log.warning(
                     "%s: cannot reconcile now, retrying in %.0f s: %s", url, self.reconcile_interval_s, exc
                 )
                 slot.forget()  # it may be restarting: trust nothing we loaded before
         self._unprobed = {(url, name) for url, name in self._unprobed if name in wanted}
         self._published_at = {name: t for name, t in self._published_at.items() if name in wanted}
+        return reached_all
 
     def _reconcile_endpoint(self, url: str, slot: LoraSlots, wanted: dict[str, Path]) -> None:
         served = slot.client.loaded_adapters()
         for name, path in wanted.items():
             if not (path / MANIFEST_FILE).is_file():
-                log.warning("%s: %s is not in the adapter store at %s (yet); skipping", url, name, path)
+                log.warning("%s: %s is not at %s (yet); skipping", url, name, path)
                 continue
             slot.ensure(name, path, served=served)
             if (url, name) in self._unprobed:
@@ -179,6 +171,58 @@ class ServingSync:
         log.info("%s: serving %s, publish-to-served %.3f s", url, name, record.latency_s)
         if self.on_served is not None:
             self.on_served(record)
+
+
+class ServingSync(AdapterServing):
+    """Follows ``po:adapters:published`` in Redis and serves from the shared adapter store; ``run_forever``."""
+
+    def __init__(
+        self,
+        r: redis.Redis,
+        adapter_root: str | Path,
+        urls: Sequence[str],
+        *,
+        run_id: str | None = None,
+        pins: Iterable[str] = (),
+        max_loras: int = 0,
+        reconcile_interval_s: float = 5.0,
+        on_served: Callable[[Served], None] | None = None,
+    ) -> None:
+        super().__init__(
+            adapter_root,
+            urls,
+            run_id=run_id,
+            pins=pins,
+            max_loras=max_loras,
+            reconcile_interval_s=reconcile_interval_s,
+            on_served=on_served,
+        )
+        self.runs = RunStore(r)
+        self.r = r
+        self._cursor = "0-0"
+
+    def bootstrap(self) -> None:
+        """Start after the stream's current end, wanting the newest version of the watched runs."""
+        last: list[tuple[bytes, dict[bytes, bytes]]] = self.r.xrevrange(PUBLISHED_STREAM, count=1)  # type: ignore[assignment]
+        self._cursor = last[0][0].decode() if last else "0-0"
+        for run_id in [self.run_id] if self.run_id else self.runs.active_run_ids():
+            try:
+                version = self.runs.get_run(run_id).version
+            except NotFound:
+                log.warning("run %s does not exist (yet); waiting for its first publication", run_id)
+                continue
+            if version:
+                self._newest[run_id] = max(version, self._newest.get(run_id, 0))
+
+    def observe(self, publications: Iterable[tuple[str, str, int]]) -> list[str]:
+        """Fold publications (stream id, run, version) into the wanted set; names that became newest."""
+        fresh = []
+        for stream_id, run_id, version in publications:
+            self._cursor = stream_id
+            name = self.want(run_id, version, int(stream_id.split("-")[0]) / 1000.0)
+            if name:
+                fresh.append(name)
+        return fresh
 
     # -- loop ------------------------------------------------------------------------------------------
     def step(self, block_ms: int) -> list[str]:
@@ -213,4 +257,4 @@ def _latency_histogram() -> metrics.Histogram:
     )
 
 
-__all__ = ["LATENCY_METRIC", "Served", "ServingSync", "parse_pin"]
+__all__ = ["LATENCY_METRIC", "AdapterServing", "Served", "ServingSync", "parse_pin"]

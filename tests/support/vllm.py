@@ -46,21 +46,30 @@ def write_lora(model_dir: Path, dest: Path, seed: int, scale: float = 0.3) -> Pa
 class Publisher:
     """Publishes versions of one run like the trainer: adapter store first, then ``commit_step``."""
 
-    def __init__(self, r: redis.Redis, adapter_root: Path, model_dir: Path, staging: Path) -> None:
+    def __init__(
+        self, r: redis.Redis, adapter_root: Path, model_dir: Path, staging: Path, tenant: str = "tenant"
+    ) -> None:
         self.runs = RunStore(r)
         self.queue = WorkQueue(r)
         self.store = LocalAdapterStore(adapter_root)
         self.model_dir = model_dir
         self.staging = staging
-        self.run_id = self.runs.create_run("tenant", RunConfig(base_model=str(model_dir))).run_id
+        self.run_id = self.runs.create_run(tenant, RunConfig(base_model=str(model_dir))).run_id
 
-    def publish(self, version: int) -> tuple[Path, float]:
-        """Write and commit ``version``; returns its directory and the time the commit returned."""
+    def publish(
+        self, version: int, before_commit: Callable[[Path], None] | None = None
+    ) -> tuple[Path, float]:
+        """Write and commit ``version``; returns its directory and the time the commit returned.
+
+        ``before_commit`` gets the version's directory in the store before the commit makes it visible.
+        """
         files = write_lora(self.model_dir, self.staging / f"{self.run_id}-v{version}", seed=version)
         manifest = AdapterManifest(
             run_id=self.run_id, version=version, step=version, base_model=str(self.model_dir), method="grpo"
         )
-        self.store.publish(self.run_id, version, files, manifest)
+        manifest = self.store.publish(self.run_id, version, files, manifest)  # with the files' digests
+        if before_commit is not None:
+            before_commit(self.store.version_dir(self.run_id, version))
         self.runs.commit_step(self.queue, manifest, [])
         return self.store.version_dir(self.run_id, version), time.time()
 

@@ -37,9 +37,11 @@ def running(sync: ServingSync) -> Iterator[ServingSync]:
     stop = threading.Event()
     thread = threading.Thread(target=sync.run_forever, args=(stop,), daemon=True)
     thread.start()
-    yield sync
-    stop.set()
-    thread.join(10)
+    try:
+        yield sync
+    finally:  # also when the test fails, so the thread does not outlive it
+        stop.set()
+        thread.join(10)
 
 
 @pytest.fixture

@@ -7,7 +7,7 @@ failure signature is present.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from torch import Tensor
@@ -82,6 +82,21 @@ class TokenMetricAccumulator:
             else:
                 self._sums[name] = self._sums.get(name, 0.0) + float(values_N.sum())
                 self._counts[name] = self._counts.get(name, 0.0) + float(values_N.numel())
+
+    @classmethod
+    def merged(cls, parts: Sequence[TokenMetricAccumulator]) -> TokenMetricAccumulator:
+        """One accumulator over the tokens of all ``parts`` (each data-parallel rank's shard)."""
+        whole = cls()
+        for part in parts:
+            for name, total in part._sums.items():
+                if name in part._counts:
+                    whole._sums[name] = whole._sums.get(name, 0.0) + total
+                    whole._counts[name] = whole._counts.get(name, 0.0) + part._counts[name]
+                elif name.endswith("_max"):
+                    whole._sums[name] = max(whole._sums.get(name, float("-inf")), total)
+                else:
+                    whole._sums[name] = min(whole._sums.get(name, float("inf")), total)
+        return whole
 
     def result(self) -> Metrics:
         return {

@@ -20,6 +20,7 @@ from policyopt.workers.placement import Placement
 from policyopt.workers.train import policy
 from policyopt.workers.train.base_pool import BasePool, SharedBase, adapter_name, tensor_bytes
 from policyopt.workers.train.checkpoint import CheckpointStore
+from policyopt.workers.train.distributed import SINGLE, Ranks
 from policyopt.workers.train.teacher import TeacherScorer, load_teacher
 
 log = logging.getLogger(__name__)
@@ -70,8 +71,10 @@ def build_updater(
     pad_token_id: int,
     device: torch.device,
     teacher: TeacherScorer | None = None,
+    *,
+    ranks: Ranks = SINGLE,
 ) -> Updater:
-    """The real ``PolicyUpdater`` for the run's method and settings."""
+    """The real ``PolicyUpdater`` for the run's method and settings (one of ``ranks`` when data-parallel)."""
     from policyopt.workers.train.update import PolicyUpdater
 
     return PolicyUpdater(
@@ -84,7 +87,24 @@ def build_updater(
         max_completion_length=config.max_new_tokens,
         seed=config.seed,
         teacher=teacher,
+        ranks=ranks,
     )
+
+
+def data_parallel_updaters(ranks: Ranks) -> UpdaterFactory:
+    """``build_updater`` for one of ``ranks``: its steps shard sequences and sum gradients over ranks."""
+
+    def build(
+        model: torch.nn.Module,
+        spec: MethodSpec,
+        config: RunConfig,
+        pad_token_id: int,
+        device: torch.device,
+        teacher: TeacherScorer | None = None,
+    ) -> Updater:
+        return build_updater(model, spec, config, pad_token_id, device, teacher, ranks=ranks)
+
+    return build
 
 
 @dataclass
@@ -181,4 +201,11 @@ def _restore(
     )
 
 
-__all__ = ["RunSession", "Updater", "UpdaterFactory", "build_updater", "load_session"]
+__all__ = [
+    "RunSession",
+    "Updater",
+    "UpdaterFactory",
+    "build_updater",
+    "data_parallel_updaters",
+    "load_session",
+]

@@ -15,6 +15,11 @@ for the pre-update log-probs, the reference log-probs (adapter disabled) and cri
 rewards and estimate advantages; then ``epochs`` x ``mini_batches`` optimizer steps, each accumulating
 gradients over length-sorted micro-batches and normalizing by the whole mini-batch's token/sequence counts.
 With one epoch and one mini-batch the old log-probs are the current ones, detached (no extra pass).
+
+Data-parallel (``ranks``, see ``distributed``): every rank prepares the full groups (advantages are per
+group), the no-grad pass and each optimizer step's forward/backward run on this rank's shard of the
+sequences, normalized by the whole mini-batch's counts, and gradients, losses and token metrics are summed
+over ranks. Rank 0's ``should_continue`` decides for all. With one rank nothing of this runs.
 """
 
 from __future__ import annotations
@@ -45,6 +50,7 @@ from policyopt.workers.algorithms.trajectory_side.loss import (
     aggregate_loss,
     compute_token_loss,
 )
+from policyopt.workers.train.distributed import SINGLE, Ranks
 from policyopt.workers.train.policy_forward import PolicyForward
 from policyopt.workers.train.step_batch import (
     MicroBatch,
@@ -96,6 +102,7 @@ class PolicyUpdater:
         max_completion_length: the run's max_new_tokens (overlong penalty, constant-normalizer aggregation).
         seed: mini-batch shuffling across epochs.
         teacher: the teacher's log-probs of the sampled tokens, for methods that need a teacher (OPD).
+        ranks: the data-parallel ranks this updater is one of (``SINGLE``: one process).
     """
 
     def __init__(
@@ -113,8 +120,9 @@ class PolicyUpdater:
         max_completion_length: int = 0,
         seed: int = 0,
         teacher: TeacherScorer | None = None,
+        ranks: Ranks = SINGLE,
     ) -> None:
-        self.model, self.spec = model, spec
+        self.model, self.spec, self.ranks = model, spec, ranks
         if "teacher" in spec.needs and teacher is None:
             raise ValueError(f"method {spec.name!r} needs a teacher: pass teacher= (TeacherScorer)")
         self.teacher = teacher if "teacher" in spec.needs else None
@@ -150,7 +158,11 @@ class PolicyUpdater:
         ``should_continue`` is asked before the first pass and each optimizer step; when it turns false the
         step raises ``StepAbandoned`` (the caller drops the partly updated model).
         """
-        keep_going = should_continue or (lambda: True)
+        asked = should_continue or (lambda: True)
+
+        def keep_going() -> bool:
+            return self.ranks.agree(asked())
+
         if not keep_going():
             raise StepAbandoned("abandoned before the update")
         prepared = self.prepare(groups)
@@ -170,6 +182,8 @@ class PolicyUpdater:
                 loss, grad_norm = self.optimize(prepared, chunk.tolist(), accumulator)
                 losses.append(loss)
                 grad_norms.append(grad_norm)
+        if self.ranks.is_distributed:
+            accumulator = TokenMetricAccumulator.merged(self.ranks.gather_objects(accumulator))
         metrics |= accumulator.result()
         metrics["trajectory/loss"] = sum(losses) / len(losses)
         metrics["trajectory/grad_norm"] = sum(grad_norms) / len(grad_norms)
@@ -201,10 +215,20 @@ class PolicyUpdater:
             return prepared
         self._no_grad_pass(prepared)
         if self.teacher is not None:
-            prepared.teacher_logp_B_T = self.teacher.score(batch).to(self.device) * mask_B_T
+            prepared.teacher_logp_B_T = self._teacher_logp(batch) * mask_B_T
         self._estimate_advantages(prepared, metrics)
         prepared.metrics = metrics
         return prepared
+
+    def _teacher_logp(self, batch: StepBatch) -> Tensor:
+        """The teacher scores the batch once, on rank 0; the other ranks receive its log-probs."""
+        assert self.teacher is not None
+        if not self.ranks.is_distributed:
+            return self.teacher.score(batch).to(self.device)
+        logp_B_T = torch.zeros(batch.mask_B_T.shape, device=self.device)
+        if self.ranks.is_leader:
+            logp_B_T = self.teacher.score(batch).to(self.device, torch.float32)
+        return self.ranks.broadcast_(logp_B_T)
 
     def _filter_groups(self, groups: Sequence[TrajectoryGroup], everything: StepBatch) -> StepBatch:
         choice = self.spec.reward_side.group_filter
@@ -237,7 +261,8 @@ class PolicyUpdater:
         prepared.old_logp_B_T = torch.zeros(shape, device=self.device)
         prepared.ref_logp_B_T = torch.zeros(shape, device=self.device) if self.spec.needs_reference else None
         prepared.old_values_B_T = torch.zeros(shape, device=self.device) if self.critic is not None else None
-        for rows in plan_micro_batches(range(batch.size), prepared.lengths, self.micro_batch_size):
+        shard = self.ranks.shard(range(batch.size), prepared.lengths)
+        for rows in plan_micro_batches(shard, prepared.lengths, self.micro_batch_size):
             micro = build_micro_batch(batch, rows, self.pad_token_id, self.device)
             outputs = self.forward.score(micro, keep_hidden=self.critic is not None)
             prepared.old_logp_B_T[micro.rows, : micro.width] = outputs.logp_b_T
@@ -250,6 +275,9 @@ class PolicyUpdater:
             ):
                 values_b_T = self.forward.scatter(self.critic(outputs.hidden_N_H), micro)
                 prepared.old_values_B_T[micro.rows, : micro.width] = values_b_T
+        for grid_B_T in (prepared.old_logp_B_T, prepared.ref_logp_B_T, prepared.old_values_B_T):
+            if grid_B_T is not None:
+                self.ranks.sum_(grid_B_T)  # each row is filled by one rank, zeros elsewhere: exact
 
     def _estimate_advantages(self, prepared: PreparedStep, metrics: Metrics) -> None:
         batch, mask_B_T = prepared.batch, prepared.mask_B_T
@@ -307,7 +335,11 @@ class PolicyUpdater:
     def accumulate_gradients(
         self, prepared: PreparedStep, rows: list[int], accumulator: TokenMetricAccumulator | None = None
     ) -> float:
-        """Forward + backward over ``rows`` as one optimizer step's worth; returns the step's scalar loss."""
+        """Forward + backward over ``rows`` as one optimizer step's worth; returns the step's scalar loss.
+
+        Data-parallel: this rank's shard of ``rows``, divided by the counts of all ``rows``; the gradients
+        and the loss are then summed over ranks.
+        """
         rows_tensor = torch.tensor(rows, device=self.device)
         totals = StepTotals(
             tokens=int(prepared.mask_B_T[rows_tensor].sum()),
@@ -316,11 +348,16 @@ class PolicyUpdater:
         )
         accumulator = accumulator if accumulator is not None else TokenMetricAccumulator()
         total = 0.0
-        for micro_rows in plan_micro_batches(rows, prepared.lengths, self.micro_batch_size):
+        shard = self.ranks.shard(rows, prepared.lengths)
+        for micro_rows in plan_micro_batches(shard, prepared.lengths, self.micro_batch_size):
             micro = build_micro_batch(prepared.batch, micro_rows, self.pad_token_id, self.device)
             loss = self._micro_batch_loss(prepared, micro, totals, accumulator)
             loss.backward()
             total += float(loss.detach())
+        if self.ranks.is_distributed:
+            critic = list(self.critic.parameters()) if self.critic is not None else []
+            self.ranks.sum_gradients([*self.policy_parameters, *critic])
+            total = self.ranks.sum_float(total)
         return total
 
     def _micro_batch_loss(

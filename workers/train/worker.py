@@ -25,6 +25,7 @@ from pathlib import Path
 import redis
 
 from policyopt.core.errors import InvalidArgument, NotFound, PermissionDenied, PolicyOptError
+from policyopt.core.metrics import TRAINER_RUNS, forget_inactive_runs, record_train_step, redis_error
 from policyopt.core.outbound import OutboundPolicy
 from policyopt.core.settings import Settings
 from policyopt.core.telemetry import span_from, tracer
@@ -44,7 +45,9 @@ from policyopt.workers.train.announcements import WarningAnnouncer
 from policyopt.workers.train.base_pool import BasePool
 from policyopt.workers.train.checkpoint import CheckpointStore
 from policyopt.workers.train.collect import CollectedGroups, collect_groups, group_filter_of
+from policyopt.workers.train.distributed import SINGLE, Ranks, RanksDiverged
 from policyopt.workers.train.fault_points import crash_for_test, pause_for_test
+from policyopt.workers.train.follower import StepOrder
 from policyopt.workers.train.guards import non_finite, step_gate
 from policyopt.workers.train.lease import LeaseKeeper
 from policyopt.workers.train.readiness import ReadyRuns
@@ -52,6 +55,7 @@ from policyopt.workers.train.recovery import reconcile_run
 from policyopt.workers.train.scheduler import FairScheduler, retry_delay
 from policyopt.workers.train.session import RunSession, UpdaterFactory, build_updater, load_session
 from policyopt.workers.train.session_cache import SessionCache
+from policyopt.workers.train.tensorboard import RunScalars
 from policyopt.workers.train.update import StepAbandoned
 
 log = logging.getLogger(__name__)
@@ -90,8 +94,10 @@ class TrainerWorker:
         block_ms: int = 500,
         retry_backoff_s: float = 5.0,
         memory_budget_mb: float | None = None,
+        ranks: Ranks = SINGLE,
     ):
         self.settings = settings
+        self.ranks = ranks  # data-parallel: this is rank 0; it tells the others each step (follower.py)
         self.r = redis_client if redis_client is not None else connect(settings)
         self.queue = WorkQueue(
             self.r, claim_idle_ms=settings.claim_idle_ms, max_queued_prompts=settings.max_queued_prompts
@@ -99,10 +105,13 @@ class TrainerWorker:
         self.runs = RunStore(self.r)
         self.store = store if store is not None else LocalAdapterStore(settings.adapter_root)
         self.checkpoints = CheckpointStore(Path(settings.data_dir) / "checkpoints")
+        self.tensorboard = (
+            RunScalars(Path(settings.data_dir) / "tensorboard") if settings.tensorboard else None
+        )
         Path(settings.data_dir).mkdir(parents=True, exist_ok=True)
         self.consumer = consumer_name("trainer")
         self.leases = LeaseKeeper(self.r, self.consumer, lease_ttl_ms)
-        self.placement = resolve_placement(settings.device)
+        self.placement = ranks.place(resolve_placement(settings.device))
         self.models = ModelCatalog.from_settings(settings)
         self.outbound = OutboundPolicy.from_settings(settings)
         self.threads = configure_threads(settings.torch_threads)
@@ -149,7 +158,11 @@ class TrainerWorker:
             active = self.runs.active_run_ids()
             self._close_inactive(set(active))
             ready = self.ready.probe(active, self.leases.holds)
+            forget_inactive_runs(active)  # the metric series of runs that ended
+            TRAINER_RUNS.labels("leased").set(len(self.leases.held()))
+            TRAINER_RUNS.labels("loaded").set(len(self._sessions))
         except redis.RedisError as exc:
+            redis_error("list_active_runs")
             log.warning("cannot list active runs (Redis unreachable?), retrying: %s", exc)
             return False
         for run_id in self.scheduler.order(ready, time.monotonic()):
@@ -171,6 +184,7 @@ class TrainerWorker:
             self._close_session(run_id)
             return False
         except redis.RedisError as exc:
+            redis_error("train_step")
             log.warning("run %s: Redis error, will retry: %s", run_id, exc)
         except PolicyOptError as exc:
             log.warning("run %s: %s", run_id, exc)
@@ -193,6 +207,8 @@ class TrainerWorker:
         for run_id in list(self._sessions):
             self._sessions.drop(run_id)
         self.leases.close()
+        if self.tensorboard is not None:
+            self.tensorboard.close()
 
     # -- one step ------------------------------------------------------------------------------------
     def train_once(self, run_id: str, block_ms: int | None = None) -> bool:
@@ -295,6 +311,9 @@ class TrainerWorker:
                     guard=self.leases.guard(run_id),
                 )
         session.version = version
+        record_train_step(run_id, metrics)
+        if self.tensorboard is not None:
+            self.tensorboard.write_step(run_id, version, manifest.metrics)
         log.info(
             "run %s: committed version %d (%d groups, %.1fs)",
             run_id,
@@ -307,6 +326,8 @@ class TrainerWorker:
     def _update(self, session: RunSession, batch: CollectedGroups, version: int) -> dict[str, float]:
         """``updater.step``; a run whose update keeps failing on the same groups is failed, with the reason."""
         run_id = session.run.run_id
+        if self.ranks.is_distributed:
+            self.ranks.broadcast_object(StepOrder(session.run, session.version, list(batch.groups)))
         try:
             metrics = dict(
                 session.updater.step(
@@ -325,6 +346,8 @@ class TrainerWorker:
                 self.runs.record_error(
                     run_id, f"{message}; retrying (attempt {failures} of {MAX_UPDATE_FAILURES})"
                 )
+            if self.ranks.is_distributed:  # the other ranks may wait in a collective this rank left
+                raise RanksDiverged(message) from exc
             raise
         self._update_failures.pop(run_id, None)
         return metrics
@@ -437,6 +460,8 @@ class TrainerWorker:
     def _close_session(self, run_id: str) -> None:
         self._sessions.drop(run_id)
         self.leases.release(run_id)
+        if self.tensorboard is not None:
+            self.tensorboard.close_run(run_id)
 
     def _close_inactive(self, active: set[str]) -> None:
         known = set(self._sessions) | set(self.leases.held()) | set(self.ready.needed)
