@@ -54,6 +54,19 @@ def test_every_object_validates_against_the_pinned_kubernetes_schemas(
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
+def test_every_namespaced_object_lands_in_the_policyopt_namespace(
+    rendered: dict[str, list[Manifest]], overlay: str
+) -> None:
+    """Components an overlay adds come after base's namespace transformer; none may be left without it."""
+    outside = [
+        f"{o['kind']}/{o['metadata']['name']}"
+        for o in rendered[overlay]
+        if o["kind"] != "Namespace" and o["metadata"].get("namespace") != "policyopt"
+    ]
+    assert not outside, f"{overlay}: objects outside the policyopt namespace: {outside}"
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
 def test_every_container_runs_non_root_without_privileges(
     rendered: dict[str, list[Manifest]], overlay: str
 ) -> None:
