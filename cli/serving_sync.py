@@ -13,6 +13,7 @@ import argparse
 import logging
 import signal
 import threading
+from collections.abc import Callable
 
 from policyopt.cli.common import Subparsers, client_from
 
@@ -90,10 +91,15 @@ def run(args: argparse.Namespace) -> int:
         sync.bootstrap()
         sync.reconcile()
         return 0
+    return _until_signalled(sync.run_forever)
+
+
+def _until_signalled(run_forever: Callable[[threading.Event], None]) -> int:
+    """``run_forever(stop)`` until SIGTERM or SIGINT sets ``stop``."""
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda _signum, _frame: stop.set())
-    sync.run_forever(stop)
+    run_forever(stop)
     return 0
 
 
@@ -113,8 +119,4 @@ def _run_pulling(args: argparse.Namespace, urls: list[str]) -> int:
         if args.once:
             sync.sync_once()
             return 0
-        stop = threading.Event()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, lambda _signum, _frame: stop.set())
-        sync.run_forever(stop)
-    return 0
+        return _until_signalled(sync.run_forever)
