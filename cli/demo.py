@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import secrets
 import time
 from dataclasses import dataclass
@@ -63,7 +64,9 @@ def run(args: argparse.Namespace) -> int:
     size = SIZES[args.model]
     steps = args.steps or size.steps
     key = secrets.token_hex(16)
-    settings: Settings = load_settings(port=0, api_keys={key: "demo"})
+    # Free ports unless the user chose them, so the demo runs beside anything already on 50051 or 8080.
+    http_port = None if "POLICYOPT_HTTP_PORT" in os.environ else 0
+    settings: Settings = load_settings(port=0, http_port=http_port, api_keys={key: "demo"})
     out_dir = Path(args.out or Path(settings.data_dir) / "demo" / time.strftime("%Y%m%d-%H%M%S"))
     out_dir.mkdir(parents=True, exist_ok=True)
     print(f"policyopt demo: {args.model}, {steps} steps of {args.method}; output in {out_dir}")
