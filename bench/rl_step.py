@@ -1,0 +1,384 @@
+"""The whole RL step, side by side: policyopt's service against TRL's GRPOTrainer, same model and task.
+
+    python bench/rl_step.py                       # SmolLM2-135M-Instruct, 20 steps each
+    python bench/rl_step.py --model tiny --steps 3  # a quick check on the random tiny Llama
+
+Both systems train the same base model on the same task (the demo's: "add two numbers" for smollm2,
+"reply with digits" for tiny; a deterministic reward computed from the completion text), with the same
+prompts in the same order, the same group size, prompts per step, new tokens, temperature, LoRA (r16,
+alpha 32, dropout 0 on q/k/v/o), learning rate and number of steps. They run one after the other, never
+at the same time.
+
+policyopt: the real service (``start_stack``: embedded Valkey, gRPC server, one rollout worker and one
+trainer as separate processes), a ``RewardServer`` with the task's reward, a GRPO run, and every prompt
+submitted at once. Step time is the wall time between consecutive STEP events (the first step, which
+includes the workers loading the model, is reported apart); update time is the trainer's own
+``trainer/step_seconds``. Rollouts overlap training (the service pipelines them; a group more than
+``max_staleness`` versions old is resampled), so step time can be below generation + update.
+
+TRL: ``GRPOTrainer`` with a peft ``LoraConfig`` in this process, one optimizer step = prompts x group
+size completions. Step time is a callback's on_step_begin to on_step_end (generation, reward, forward,
+backward, optimizer step); generation time is the time spent in ``GRPOTrainer._generate``; update time is
+the step minus ``_generate_and_score_completions`` (generation, reward, advantages).
+
+Per system: median seconds per step, completion tokens per second (tokens of the trained completions
+over the wall time of the same steps), median update seconds per step, all over steps 2..N (step 1 holds
+policyopt's model loading in its workers and TRL's first-call warm-up; it is printed apart), and the
+reward gain from the mean of the first 5 steps to the mean of the last 5. Then policyopt/TRL step time.
+Prints the load average before and after: the machine is shared and noisy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import secrets
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from policyopt.cli.demo_task import TASKS, DemoTask, DigitsTask
+from policyopt.core.types import JSONValue
+
+FIRST_LAST = 5  # steps averaged at each end for the reward gain
+
+
+@dataclass
+class Figures:
+    """What one system did, step by step."""
+
+    step_seconds: list[float] = field(default_factory=list)
+    update_seconds: list[float] = field(default_factory=list)
+    generate_seconds: list[float] = field(default_factory=list)
+    rewards: list[float] = field(default_factory=list)
+    completion_tokens: list[float] = field(default_factory=list)
+    first_step_seconds: float = float("nan")
+    notes: list[str] = field(default_factory=list)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--model", default="smollm2", help="'smollm2', 'tiny' or a model directory")
+    parser.add_argument("--data-dir", default=str(Path.home() / ".policyopt"), help="where built models live")
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--prompts-per-step", type=int, default=4)
+    parser.add_argument("--group-size", type=int, default=4)
+    parser.add_argument("--max-new-tokens", type=int, default=48)
+    parser.add_argument("--learning-rate", type=float, default=2e-4)
+    parser.add_argument("--temperature", type=float, default=1.0)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=os.cpu_count() or 2,
+        help="torch threads in all: TRL's one process gets them all, policyopt's rollout worker and "
+        "trainer half each (they run at the same time)",
+    )
+    parser.add_argument("--only", choices=["policyopt", "trl"], help="run one side only")
+    return parser.parse_args(argv)
+
+
+def make_prompts(task_name: str, n: int, seed: int) -> tuple[Any, list[str], list[dict[str, JSONValue]]]:
+    """The task (the demo's for smollm2, the digits task otherwise) and its first ``n`` prompts."""
+    task: DemoTask | DigitsTask = TASKS.get(task_name, DigitsTask)(seed=seed)
+    prompts, metadata = task.prompts(n)
+    return task, prompts, metadata
+
+
+def load() -> str:
+    one, five, fifteen = os.getloadavg()
+    return f"load average {one:.2f} {five:.2f} {fifteen:.2f}"
+
+
+def run_policyopt(
+    args: argparse.Namespace,
+    model_dir: Path,
+    task: DemoTask | DigitsTask,
+    prompts: list[str],
+    metadata: list[dict[str, JSONValue]],
+) -> Figures:
+    from policyopt.cli.supervisor import start_stack
+    from policyopt.client import Client, EventKind, RewardServer
+    from policyopt.core.settings import Settings
+
+    figures = Figures()
+    key = secrets.token_hex(16)
+    with tempfile.TemporaryDirectory(prefix="policyopt-bench-rl-") as work:
+        settings = Settings(
+            data_dir=str(Path(work) / "data"),
+            port=0,
+            http_port=0,
+            api_keys={key: "bench"},
+            model_roots=(str(model_dir.parent),),
+            torch_threads=max(1, args.threads // 2),
+            log_level="WARNING",
+        )
+        with (
+            start_stack(settings, log_dir=Path(work) / "logs") as stack,
+            RewardServer(task.score, batch=True) as endpoint,
+        ):
+            client = Client(stack.address, api_key=key)
+            client.register_reward_endpoint("bench-task", endpoint.address)
+            run = client.create_run(
+                base_model=str(model_dir),
+                method="grpo",
+                reward_endpoint="bench-task",
+                group_size=args.group_size,
+                prompts_per_step=args.prompts_per_step,
+                max_new_tokens=args.max_new_tokens,
+                lora_rank=16,
+                lora_alpha=32,
+                learning_rate=args.learning_rate,
+                temperature=args.temperature,
+                max_steps=args.steps,
+                seed=args.seed,
+            )
+            started = time.time()
+            run.submit_prompts(prompts, metadata=metadata)
+            step_times = [started]
+            resampled = 0.0
+            for event in run.watch():
+                stack.check_alive()
+                if event.kind == EventKind.STEP:
+                    metrics = event.metrics
+                    step_times.append(event.timestamp)
+                    figures.update_seconds.append(metrics["trainer/step_seconds"])
+                    figures.rewards.append(metrics.get("reward/mean", float("nan")))
+                    length = metrics.get("trajectory/response_length_mean", float("nan"))
+                    figures.completion_tokens.append(length * args.prompts_per_step * args.group_size)
+                    resampled += metrics.get("trainer/groups_resampled_stale", 0.0)
+                elif event.kind in (EventKind.ERROR, EventKind.WARNING):
+                    figures.notes.append(f"[{event.kind}] {event.message}")
+                elif event.kind == EventKind.STATUS and event.message.split(":")[0] in (
+                    "failed",
+                    "cancelled",
+                ):
+                    raise RuntimeError(f"policyopt run ended: {event.message}")
+                if len(figures.rewards) >= args.steps:
+                    break
+            client.close()
+    intervals = [b - a for a, b in zip(step_times, step_times[1:], strict=False)]
+    figures.first_step_seconds, figures.step_seconds = intervals[0], intervals[1:]
+    figures.update_seconds = figures.update_seconds[1:]
+    if resampled:
+        figures.notes.append(f"{resampled:.0f} groups were resampled for staleness (generated twice)")
+    return figures
+
+
+def timed_method(trainer: Any, name: str, into: list[float]) -> None:
+    """Wrap ``trainer.<name>`` so that each call's wall time is appended to ``into``."""
+    original: Callable[..., Any] = getattr(trainer, name)
+
+    def wrapper(*call_args: Any, **call_kwargs: Any) -> Any:
+        start = time.perf_counter()
+        try:
+            return original(*call_args, **call_kwargs)
+        finally:
+            into.append(time.perf_counter() - start)
+
+    setattr(trainer, name, wrapper)
+
+
+def trl_config(args: argparse.Namespace, output_dir: str) -> Any:
+    """GRPOConfig matched to policyopt's GRPO preset where TRL has the knob (see ``TRL_DEFAULTS_CHANGED``)."""
+    import torch
+    from trl import GRPOConfig
+
+    return GRPOConfig(
+        output_dir=output_dir,
+        per_device_train_batch_size=args.prompts_per_step * args.group_size,
+        num_generations=args.group_size,
+        max_completion_length=args.max_new_tokens,
+        temperature=args.temperature,
+        learning_rate=args.learning_rate,
+        max_steps=args.steps,
+        loss_type="grpo",
+        beta=0.0,
+        epsilon=0.2,
+        scale_rewards="group",
+        lr_scheduler_type="constant",
+        gradient_checkpointing=False,
+        shuffle_dataset=False,
+        weight_decay=0.0,
+        max_grad_norm=1.0,
+        logging_steps=1,
+        save_strategy="no",
+        eval_strategy="no",
+        report_to="none",
+        disable_tqdm=True,
+        use_cpu=not torch.cuda.is_available(),
+        bf16=False,
+        seed=args.seed,
+    )
+
+
+TRL_DEFAULTS_CHANGED = (
+    "loss_type dapo->grpo (seq-mean-token-mean, as policyopt's grpo), lr_scheduler linear->constant, "
+    "gradient_checkpointing True->False, shuffle_dataset True->False (same order), logging_steps 10->1; "
+    "kept (already equal): beta 0, epsilon 0.2, scale_rewards group, AdamW (0.9, 0.999, 1e-8), "
+    "weight_decay 0, max_grad_norm 1, top_p 1, num_iterations 1"
+)
+
+
+def run_trl(
+    args: argparse.Namespace,
+    model_dir: Path,
+    task: DemoTask | DigitsTask,
+    prompts: list[str],
+    metadata: list[dict[str, JSONValue]],
+) -> Figures:
+    import torch
+    from datasets import Dataset
+    from peft import LoraConfig
+    from transformers import AutoModelForCausalLM, AutoTokenizer, PrinterCallback, TrainerCallback
+    from trl import GRPOTrainer
+
+    figures = Figures()
+    generate_seconds: list[float] = []
+    prepare_seconds: list[float] = []
+    step_started: list[float] = []
+
+    def reward(
+        prompts: list[Any], completions: list[Any], answer: list[str], **kwargs: Any
+    ) -> list[float | None]:
+        scores: list[float | None] = []
+        for prompt, completion, expected in zip(prompts, completions, answer, strict=True):
+            text = completion[-1]["content"] if isinstance(completion, list) else completion
+            question = prompt[-1]["content"] if isinstance(prompt, list) else prompt
+            scores.extend(task.score(question, [text], {"answer": expected} if expected else {}))
+        return scores
+
+    class Collect(TrainerCallback):
+        def on_step_begin(self, *cb_args: Any, **cb_kwargs: Any) -> None:
+            step_started.append(time.perf_counter())
+
+        def on_step_end(self, *cb_args: Any, **cb_kwargs: Any) -> None:
+            figures.step_seconds.append(time.perf_counter() - step_started[-1])
+
+        def on_log(self, *cb_args: Any, logs: dict[str, float] | None = None, **cb_kwargs: Any) -> None:
+            if logs and "reward" in logs:
+                figures.rewards.append(logs["reward"])
+                figures.completion_tokens.append(
+                    logs.get("completions/mean_length", float("nan"))
+                    * args.prompts_per_step
+                    * args.group_size
+                )
+
+    dataset = Dataset.from_dict(
+        {
+            "prompt": [[{"role": "user", "content": p}] for p in prompts],
+            "answer": [str(m.get("answer", "")) for m in metadata],
+        }
+    )
+    model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+    lora = LoraConfig(
+        r=16,
+        lora_alpha=32,
+        lora_dropout=0.0,
+        target_modules=["q_proj", "k_proj", "v_proj", "o_proj"],
+        task_type="CAUSAL_LM",
+    )
+    with tempfile.TemporaryDirectory(prefix="trl-bench-rl-") as work:
+        trainer = GRPOTrainer(
+            model=model,
+            reward_funcs=reward,
+            args=trl_config(args, work),
+            train_dataset=dataset,
+            processing_class=tokenizer,
+            peft_config=lora,
+            callbacks=[Collect()],
+        )
+        trainer.remove_callback(PrinterCallback)  # its per-step log dicts would bury the figures
+        timed_method(trainer, "_generate", generate_seconds)
+        timed_method(trainer, "_generate_and_score_completions", prepare_seconds)
+        trainer.train()
+    updates = [s - p for s, p in zip(figures.step_seconds, prepare_seconds, strict=False)]
+    figures.first_step_seconds, figures.step_seconds = figures.step_seconds[0], figures.step_seconds[1:]
+    figures.update_seconds, figures.generate_seconds = updates[1:], generate_seconds[1:]
+    return figures
+
+
+def mean(values: list[float]) -> float:
+    return sum(values) / len(values) if values else float("nan")
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values) if values else float("nan")
+
+
+def report_side(name: str, figures: Figures) -> None:
+    k = min(FIRST_LAST, max(1, len(figures.rewards) // 2))
+    first, last = mean(figures.rewards[:k]), mean(figures.rewards[-k:])
+    # Steps 2..N only, for every figure but the reward: step 1 holds policyopt's model loading in the
+    # workers and TRL's first-call warm-up.
+    tokens, seconds = sum(figures.completion_tokens[1:]), sum(figures.step_seconds)
+    print(
+        f"{name:10s} step {median(figures.step_seconds):7.2f} s (median; first step {figures.first_step_seconds:.2f} s)"
+        f" | {tokens / seconds:7.1f} completion tokens/s ({tokens:.0f} in {seconds:.1f} s)"
+        f" | update {median(figures.update_seconds):6.2f} s/step"
+        + (f" | generate {median(figures.generate_seconds):6.2f} s/step" if figures.generate_seconds else "")
+        + f" | reward first {k} {first:.3f} -> last {k} {last:.3f} ({last - first:+.3f})",
+        flush=True,
+    )
+    for note in figures.notes[:5]:
+        print(f"{'':10s} {note}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    import torch
+
+    from policyopt.models import resolve_base_model
+
+    model_dir = resolve_base_model(args.model, args.data_dir)
+    task, prompts, metadata = make_prompts(args.model, args.steps * args.prompts_per_step, args.seed)
+    torch.set_num_threads(args.threads)
+    print(
+        f"# model {model_dir.name}; task: {task.description}; {args.steps} steps of {args.prompts_per_step} "
+        f"prompts x {args.group_size} completions, {args.max_new_tokens} new tokens, temperature "
+        f"{args.temperature}, LoRA r16 alpha 32 dropout 0 on q/k/v/o, learning rate {args.learning_rate:g}"
+    )
+    print(
+        f"# threads: policyopt {max(1, args.threads // 2)} per worker process (rollout and trainer, concurrent), "
+        f"TRL {args.threads} in one process (generation then update); the two systems run one after the other"
+    )
+    print("# policyopt: grpo preset (group mean/std advantages, PPO clip 0.2, seq-mean-token-mean, no KL),")
+    print(
+        "#   constant learning rate, AdamW wd 0, grad-norm clip 1, transformers rollouts pipelined with training"
+    )
+    print(f"# TRL {_trl_version()}: GRPOTrainer, defaults changed: {TRL_DEFAULTS_CHANGED}")
+    print("# TRL update = step - _generate_and_score_completions (generation, reward, advantages)")
+    print(
+        "# seconds, tokens/s and update: steps 2..N (step 1 apart); reward: mean of first 5 vs last 5 steps"
+    )
+    print(f"# {load()}", flush=True)
+    results: dict[str, Figures] = {}
+    if args.only in (None, "policyopt"):
+        results["policyopt"] = run_policyopt(args, model_dir, task, prompts, metadata)
+        print(f"# policyopt done; {load()}", flush=True)
+    if args.only in (None, "trl"):
+        results["TRL"] = run_trl(args, model_dir, task, prompts, metadata)
+        print(f"# TRL done; {load()}", flush=True)
+    for name, figures in results.items():
+        report_side(name, figures)
+    if len(results) == 2:
+        ratio = median(results["policyopt"].step_seconds) / median(results["TRL"].step_seconds)
+        print(f"step time policyopt / TRL: {ratio:.2f} (median seconds per step; below 1: policyopt faster)")
+    print(f"# {load()}", flush=True)
+
+
+def _trl_version() -> str:
+    import trl
+
+    return str(trl.__version__)
+
+
+if __name__ == "__main__":
+    main()
