@@ -8,6 +8,7 @@ that package's conftest.py, and plain helpers in ``tests/support``.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +18,10 @@ import redis
 
 from policyopt.core.settings import Settings
 from policyopt.core.valkey import EmbeddedValkey
+
+# Every process a test starts serves /metrics; none may take the default port 8080, which a developer's
+# own `policyopt up` (or another test run) may hold. Tests that need a fixed port set it themselves.
+os.environ.setdefault("POLICYOPT_HTTP_PORT", "0")
 
 
 @pytest.fixture(scope="session")

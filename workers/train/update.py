@@ -15,6 +15,7 @@ for the pre-update log-probs, the reference log-probs (adapter disabled) and cri
 rewards and estimate advantages; then ``epochs`` x ``mini_batches`` optimizer steps, each accumulating
 gradients over length-sorted micro-batches and normalizing by the whole mini-batch's token/sequence counts.
 With one epoch and one mini-batch the old log-probs are the current ones, detached (no extra pass).
+Each micro-batch's loss (token loss, plus the critic's value loss) is ``micro_loss.micro_batch_loss``.
 
 Data-parallel (``ranks``, see ``distributed``): every rank prepares the full groups (advantages are per
 group), the no-grad pass and each optimizer step's forward/backward run on this rank's shard of the
@@ -25,7 +26,6 @@ over ranks. Rank 0's ``should_continue`` decides for all. With one rank nothing 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -41,19 +41,13 @@ from policyopt.workers.algorithms.diagnostics import (
 )
 from policyopt.workers.algorithms.registry import ADVANTAGE_ESTIMATORS, CRITICS, GROUP_FILTERS, REWARD_SHAPING
 from policyopt.workers.algorithms.reward_side.common import AdvantageInputs, sequence_scores
-from policyopt.workers.algorithms.reward_side.gae import compute_value_loss
 from policyopt.workers.algorithms.reward_side.shaping import ShapingContext
 from policyopt.workers.algorithms.spec import MethodSpec
 from policyopt.workers.algorithms.trajectory_side.aggregation import StepTotals
-from policyopt.workers.algorithms.trajectory_side.loss import (
-    TokenLossInputs,
-    aggregate_loss,
-    compute_token_loss,
-)
 from policyopt.workers.train.distributed import SINGLE, Ranks
+from policyopt.workers.train.micro_loss import Metrics, PreparedStep, micro_batch_loss
 from policyopt.workers.train.policy_forward import PolicyForward
 from policyopt.workers.train.step_batch import (
-    MicroBatch,
     StepBatch,
     build_micro_batch,
     collate_groups,
@@ -61,31 +55,12 @@ from policyopt.workers.train.step_batch import (
 )
 from policyopt.workers.train.teacher import TeacherScorer
 
-Metrics = dict[str, float]
-
 
 class StepAbandoned(Exception):
     """The step's ``should_continue`` turned false (run cancelled, lease lost, trainer stopping).
 
     The model may hold part of the update: the caller drops it and reloads the last committed version.
     """
-
-
-@dataclass
-class PreparedStep:
-    """A step's batch with everything computed before the first update (all B x T, on the device)."""
-
-    batch: StepBatch
-    mask_B_T: Tensor
-    sampler_logp_B_T: Tensor
-    advantages_B_T: Tensor
-    lengths: list[int]
-    returns_B_T: Tensor | None = None
-    old_logp_B_T: Tensor | None = None
-    ref_logp_B_T: Tensor | None = None
-    old_values_B_T: Tensor | None = None
-    teacher_logp_B_T: Tensor | None = None
-    metrics: Metrics = field(default_factory=dict)
 
 
 class PolicyUpdater:
@@ -351,7 +326,9 @@ class PolicyUpdater:
         shard = self.ranks.shard(rows, prepared.lengths)
         for micro_rows in plan_micro_batches(shard, prepared.lengths, self.micro_batch_size):
             micro = build_micro_batch(prepared.batch, micro_rows, self.pad_token_id, self.device)
-            loss = self._micro_batch_loss(prepared, micro, totals, accumulator)
+            loss = micro_batch_loss(
+                self.spec, self.forward, self.critic, prepared, micro, totals, accumulator
+            )
             loss.backward()
             total += float(loss.detach())
         if self.ranks.is_distributed:
@@ -359,65 +336,6 @@ class PolicyUpdater:
             self.ranks.sum_gradients([*self.policy_parameters, *critic])
             total = self.ranks.sum_float(total)
         return total
-
-    def _micro_batch_loss(
-        self,
-        prepared: PreparedStep,
-        micro: MicroBatch,
-        totals: StepTotals,
-        accumulator: TokenMetricAccumulator,
-    ) -> Tensor:
-        side = self.spec.trajectory_side
-        outputs = self.forward.score(
-            micro, entropy="grad" if side.entropy_coef > 0 else "value", keep_hidden=self.critic is not None
-        )
-        rows, width = micro.rows, micro.width
-        mask_b_T = prepared.mask_B_T[rows, :width]
-
-        def select(grid_B_T: Tensor | None) -> Tensor | None:
-            return grid_B_T[rows, :width] if grid_B_T is not None else None
-
-        old_logp_b_T = select(prepared.old_logp_B_T)
-        inputs = TokenLossInputs(
-            logp_B_T=outputs.logp_b_T,
-            old_logp_B_T=old_logp_b_T if old_logp_b_T is not None else outputs.logp_b_T.detach(),
-            advantages_B_T=prepared.advantages_B_T[rows, :width],
-            mask_B_T=mask_b_T,
-            sampler_logp_B_T=prepared.sampler_logp_B_T[rows, :width],
-            ref_logp_B_T=select(prepared.ref_logp_B_T),
-            entropy_B_T=outputs.entropy_b_T,
-        )
-        loss_b_T, token_metrics = compute_token_loss(side, inputs)
-        loss = aggregate_loss(side, loss_b_T, mask_b_T, totals)
-        if self.critic is not None and outputs.hidden_N_H is not None:
-            loss = loss + self._value_loss(prepared, micro, outputs.hidden_N_H, totals, token_metrics)
-        accumulator.add(token_metrics, mask_b_T)
-        return loss
-
-    def _value_loss(
-        self,
-        prepared: PreparedStep,
-        micro: MicroBatch,
-        hidden_N_H: Tensor,
-        totals: StepTotals,
-        metrics: dict[str, Tensor],
-    ) -> Tensor:
-        """Token-mean clipped value loss of this micro-batch (normalized by the whole step's tokens)."""
-        assert (
-            self.critic is not None
-            and prepared.returns_B_T is not None
-            and prepared.old_values_B_T is not None
-        )
-        rows, width = micro.rows, micro.width
-        values_b_T = self.forward.scatter(self.critic(hidden_N_H), micro)
-        value_clip = float(getattr(self.spec.reward_side.critic.params, "value_clip", 0.0))
-        loss_b_T, value_metrics = compute_value_loss(
-            values_b_T, prepared.old_values_B_T[rows, :width], prepared.returns_B_T[rows, :width], value_clip
-        )
-        metrics |= value_metrics
-        metrics["trajectory/value_loss"] = loss_b_T.detach()
-        mask_b_T = prepared.mask_B_T[rows, :width]
-        return (loss_b_T * mask_b_T).sum() / max(totals.tokens, 1)
 
     # ----- state ------------------------------------------------------------------------------------
 

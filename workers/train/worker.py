@@ -1,9 +1,10 @@
 """The trainer worker: turns a run's queued trajectory groups into consecutive LoRA adapter versions.
 
 For each active run it can lease, one step is: collect ``prompts_per_step`` groups (they stay
-pending), ``PolicyUpdater.step``, checkpoint the trainer state as vN, publish adapter vN (atomic
-directory rename), then ``RunStore.commit_step`` (index + ack + events in one MULTI, guarded by the
-lease). ``recovery.reconcile_run`` finishes an interrupted commit when a trainer takes a run over.
+pending), then ``step.StepTrainer.train``: ``PolicyUpdater.step``, checkpoint the trainer state as vN,
+publish adapter vN (atomic directory rename), then ``RunStore.commit_step`` (index + ack + events in
+one MULTI, guarded by the lease). ``recovery.reconcile_run`` finishes an interrupted commit when a
+trainer takes a run over. This module is the scheduling loop, the sessions and leases; step.py is the step.
 
 Many runs share one trainer: each pass finds the runs with enough queued groups (XLEN, no model
 needed) and trains the one that has had the least trainer time (``scheduler.FairScheduler``). Runs on
@@ -17,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -25,36 +25,24 @@ from pathlib import Path
 import redis
 
 from policyopt.core.errors import InvalidArgument, NotFound, PermissionDenied, PolicyOptError
-from policyopt.core.metrics import TRAINER_RUNS, forget_inactive_runs, record_train_step, redis_error
+from policyopt.core.metrics import TRAINER_RUNS, forget_inactive_runs, redis_error
 from policyopt.core.outbound import OutboundPolicy
 from policyopt.core.settings import Settings
-from policyopt.core.telemetry import span_from, tracer
-from policyopt.core.types import (
-    AdapterManifest,
-    EventKind,
-    RunEvent,
-    RunStatus,
-    TrajectoryGroup,
-)
+from policyopt.core.types import RunStatus, TrajectoryGroup
 from policyopt.models import ModelCatalog
 from policyopt.state import AdapterStore, LocalAdapterStore, RunStore, WorkQueue, connect, consumer_name
-from policyopt.workers.algorithms import pin_method
 from policyopt.workers.placement import configure_threads, release_free_memory, resolve_placement
-from policyopt.workers.train import policy
-from policyopt.workers.train.announcements import WarningAnnouncer
 from policyopt.workers.train.base_pool import BasePool
 from policyopt.workers.train.checkpoint import CheckpointStore
-from policyopt.workers.train.collect import CollectedGroups, collect_groups, group_filter_of
-from policyopt.workers.train.distributed import SINGLE, Ranks, RanksDiverged
-from policyopt.workers.train.fault_points import crash_for_test, pause_for_test
-from policyopt.workers.train.follower import StepOrder
-from policyopt.workers.train.guards import non_finite, step_gate
+from policyopt.workers.train.collect import collect_groups, group_filter_of
+from policyopt.workers.train.distributed import SINGLE, Ranks
 from policyopt.workers.train.lease import LeaseKeeper
 from policyopt.workers.train.readiness import ReadyRuns
 from policyopt.workers.train.recovery import reconcile_run
 from policyopt.workers.train.scheduler import FairScheduler, retry_delay
 from policyopt.workers.train.session import RunSession, UpdaterFactory, build_updater, load_session
 from policyopt.workers.train.session_cache import SessionCache
+from policyopt.workers.train.step import MAX_UPDATE_FAILURES, StepTrainer
 from policyopt.workers.train.tensorboard import RunScalars
 from policyopt.workers.train.update import StepAbandoned
 
@@ -69,9 +57,6 @@ def is_stale(group: TrajectoryGroup, policy_version: int, max_staleness: int) ->
     """
     return bool(group.prompt) and policy_version - group.adapter_version > max_staleness
 
-
-MAX_UPDATE_FAILURES = 3
-"""Consecutive failed updates of a run before it is marked FAILED (the same groups would fail again)."""
 
 READY_READ_BLOCK_MS = 1
 """How long a scheduled step's group reads may block: the scheduler saw the groups queued (0 = forever)."""
@@ -123,11 +108,9 @@ class TrainerWorker:
         self._updater_factory = updater_factory
         self._sessions = SessionCache(self.pool, int(budget_mb * 2**20))
         self.ready = ReadyRuns(self.r, self.runs)
-        self._update_failures: dict[str, int] = {}
         self._retries: dict[str, int] = {}  # run -> failed turns in a row (backoff)
-        self._resampled: dict[str, int] = {}  # run -> stale groups sent back since its last step
         self._turn_seconds = 0.0  # trainer time of the last turn, charged to its run
-        self._announcer = WarningAnnouncer()
+        self.steps = self._step_trainer()  # one step of a run: update -> checkpoint -> publish -> commit
         self._stop = threading.Event()
         log.info(
             "trainer %s on %s (%s), %d torch threads, %.0f MB for runs",
@@ -136,6 +119,20 @@ class TrainerWorker:
             self.placement.dtype,
             self.threads,
             budget_mb,
+        )
+
+    def _step_trainer(self) -> StepTrainer:
+        return StepTrainer(
+            r=self.r,
+            queue=self.queue,
+            runs=self.runs,
+            store=self.store,
+            checkpoints=self.checkpoints,
+            leases=self.leases,
+            ranks=self.ranks,
+            data_dir=self.settings.data_dir,
+            tensorboard=self.tensorboard,
+            fail_run=self._fail_run,
         )
 
     # -- loop ----------------------------------------------------------------------------------------
@@ -238,21 +235,20 @@ class TrainerWorker:
             should_continue=lambda: not self._stop.is_set() and self.leases.holds(run_id),
             is_stale=lambda group: is_stale(group, session.version, config.max_staleness),
         )
-        # Resamples of earlier, short collections count towards the step that finally trains.
-        self._resampled[run_id] = self._resampled.get(run_id, 0) + batch.resampled
+        self.steps.note_resampled(run_id, batch.resampled)
         if len(batch.groups) < config.prompts_per_step and not (batch.exhausted and batch.groups):
             if batch.exhausted:
-                self._ack_dropped_only(session, batch)
+                self.steps.ack_dropped_only(session, batch)
             elif max_examined:
                 # The queue ran dry before the batch filled: DAPO keeps sampling, so the dropped prompts
                 # go back to the rollout workers, each at most max_extra_rounds times.
-                self._resample_dropped(batch, max_examined // config.prompts_per_step - 1)
+                self.steps.resample_dropped(batch, max_examined // config.prompts_per_step - 1)
             self.ready.came_up_short(run_id)
             return False
         if self._stop.is_set() or not self.leases.holds(run_id):
             return False  # abandon before touching the model: the groups stay pending
         try:
-            committed = self._train_step(session, batch)
+            committed = self.steps.train(session, batch, self._stop)
         except BaseException:
             self._close_session(run_id)  # the model may hold an uncommitted update: reload from the store
             raise
@@ -266,143 +262,6 @@ class TrainerWorker:
         if config.max_steps and session.version >= config.max_steps:
             self._complete(run_id)
         return True
-
-    def _train_step(self, session: RunSession, batch: CollectedGroups) -> bool:
-        """Update, check, checkpoint, publish, commit; False (run failed) if the update went non-finite."""
-        run_id, version = session.run.run_id, session.version + 1
-        with span_from(batch.groups[0].trace, "train_step", run_id=run_id, version=version):
-            started = time.monotonic()
-            metrics = self._update(session, batch, version)
-            problem = non_finite(session, metrics)
-            if problem:
-                self._fail_run(
-                    run_id,
-                    f"step {version} made {problem} non-finite, so it was not published and version "
-                    f"{version - 1} stays the latest; lower learning_rate (now {session.run.config.learning_rate:g})",
-                )
-                return False
-            pause_for_test()
-            metrics.update(
-                {
-                    "trainer/step_seconds": time.monotonic() - started,
-                    "trainer/groups": float(len(batch.groups)),
-                    "trainer/groups_dropped": float(len(batch.dropped_message_ids)),
-                    "trainer/groups_resampled_stale": float(self._resampled.pop(run_id, 0)),
-                }
-            )
-            self.checkpoints.save(
-                run_id,
-                version,
-                {
-                    "updater": session.updater.state_dict(),
-                    "dropped_group_ids": batch.dropped_group_ids,
-                },
-            )
-            crash_for_test("after_checkpoint", version)
-            with tracer().start_as_current_span("publish", attributes={"run_id": run_id, "version": version}):
-                manifest = self._publish(session, version, batch, metrics)
-                crash_for_test("after_publish", version)
-                events = self._warning_events(session, version, batch)
-                self.runs.commit_step(
-                    self.queue,
-                    manifest,
-                    batch.message_ids + batch.dropped_message_ids,
-                    events,
-                    guard=self.leases.guard(run_id),
-                )
-        session.version = version
-        record_train_step(run_id, metrics)
-        if self.tensorboard is not None:
-            self.tensorboard.write_step(run_id, version, manifest.metrics)
-        log.info(
-            "run %s: committed version %d (%d groups, %.1fs)",
-            run_id,
-            version,
-            len(batch.groups),
-            metrics["trainer/step_seconds"],
-        )
-        return True
-
-    def _update(self, session: RunSession, batch: CollectedGroups, version: int) -> dict[str, float]:
-        """``updater.step``; a run whose update keeps failing on the same groups is failed, with the reason."""
-        run_id = session.run.run_id
-        if self.ranks.is_distributed:
-            self.ranks.broadcast_object(StepOrder(session.run, session.version, list(batch.groups)))
-        try:
-            metrics = dict(
-                session.updater.step(
-                    batch.groups, should_continue=step_gate(run_id, self._stop, self.leases, self.runs)
-                )
-            )
-        except StepAbandoned:
-            raise
-        except Exception as exc:
-            failures = self._update_failures.get(run_id, 0) + 1
-            self._update_failures[run_id] = failures
-            message = f"the policy update of step {version} failed ({type(exc).__name__}: {exc})"
-            if failures >= MAX_UPDATE_FAILURES:
-                self._fail_run(run_id, f"{message}, {failures} times in a row")
-            else:
-                self.runs.record_error(
-                    run_id, f"{message}; retrying (attempt {failures} of {MAX_UPDATE_FAILURES})"
-                )
-            if self.ranks.is_distributed:  # the other ranks may wait in a collective this rank left
-                raise RanksDiverged(message) from exc
-            raise
-        self._update_failures.pop(run_id, None)
-        return metrics
-
-    def _publish(
-        self, session: RunSession, version: int, batch: CollectedGroups, metrics: dict[str, float]
-    ) -> AdapterManifest:
-        config = session.run.config
-        manifest = AdapterManifest(
-            run_id=session.run.run_id,
-            version=version,
-            step=version,
-            base_model=config.base_model,
-            method=session.spec.name,
-            metrics={k: float(v) for k, v in metrics.items()},
-            group_ids=batch.group_ids,
-            resolved_method=config.resolved_method or pin_method(session.spec),
-        )
-        with tempfile.TemporaryDirectory(prefix="policyopt-adapter-", dir=self.settings.data_dir) as staging:
-            policy.save_adapter(session.model, Path(staging), session.adapter)
-            policy.save_critic(session.updater.critic, Path(staging))
-            return self.store.publish(session.run.run_id, version, Path(staging), manifest)
-
-    def _resample_dropped(self, batch: CollectedGroups, max_rounds: int) -> None:
-        for message_id, group in zip(batch.dropped_message_ids, batch.dropped_groups, strict=True):
-            if group.prompt and group.attempt < max_rounds:
-                self.queue.resample_group(message_id, group, attempt=group.attempt + 1)
-
-    def _ack_dropped_only(self, session: RunSession, batch: CollectedGroups) -> None:
-        """Every group examined up to the filter's limit was dropped: ack them without a step."""
-        pipe = self.r.pipeline(transaction=True)
-        self.queue.ack_groups(pipe, session.run.run_id, batch.dropped_message_ids)
-        self.runs.add_event(
-            RunEvent(
-                run_id=session.run.run_id,
-                kind=EventKind.WARNING,
-                step=session.version,
-                message=f"dynamic sampling dropped all {len(batch.dropped_message_ids)} groups it examined "
-                "(zero reward variance); vary prompt difficulty or raise "
-                "reward_side.group_filter.max_extra_rounds",
-            ),
-            pipe,
-        )
-        pipe.execute()
-
-    # -- warnings --------------------------------------------------------------------------------------
-    def _warning_events(self, session: RunSession, version: int, batch: CollectedGroups) -> list[RunEvent]:
-        extra = []
-        if batch.exhausted:
-            extra.append(
-                f"dynamic sampling reached its limit after {batch.examined} groups; this step trained on "
-                f"{len(batch.groups)} of {session.run.config.prompts_per_step} groups; most groups have zero "
-                "reward variance (raise reward_side.group_filter.max_extra_rounds or vary prompt difficulty)"
-            )
-        return self._announcer.events(session.run.run_id, version, session.updater.last_warnings, extra)
 
     # -- sessions ------------------------------------------------------------------------------------
     def _session(self, run_id: str) -> RunSession | None:
@@ -471,11 +330,10 @@ class TrainerWorker:
             self._forget(run_id)
 
     def _forget(self, run_id: str) -> None:
-        self._announcer.forget(run_id)
+        self.steps.forget(run_id)
         self.scheduler.forget(run_id)
         self.ready.forget(run_id)
-        for table in (self._retries, self._update_failures):
-            table.pop(run_id, None)
+        self._retries.pop(run_id, None)
 
     def _complete(self, run_id: str) -> None:
         self.runs.set_status(run_id, RunStatus.COMPLETED)

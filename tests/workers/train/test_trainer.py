@@ -283,13 +283,13 @@ def test_train_step_span_continues_the_groups_trace_with_a_publish_child(
     from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
     from policyopt.core import telemetry
-    from policyopt.workers.train import worker as worker_module
+    from policyopt.workers.train import step as step_module
 
     exporter = InMemorySpanExporter()
     provider = TracerProvider()
     provider.add_span_processor(SimpleSpanProcessor(exporter))
     monkeypatch.setattr(telemetry, "tracer", lambda name="policyopt": provider.get_tracer(name))
-    monkeypatch.setattr(worker_module, "tracer", lambda name="policyopt": provider.get_tracer(name))
+    monkeypatch.setattr(step_module, "tracer", lambda name="policyopt": provider.get_tracer(name))
     carrier: dict[str, str] = {}
     with provider.get_tracer("test").start_as_current_span("rollout") as rollout:
         propagate.inject(carrier, context=trace.set_span_in_context(rollout))
