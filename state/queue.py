@@ -229,9 +229,6 @@ class WorkQueue:
             )  # fmt: skip
         pipe.execute()
 
-    def touch_prompt(self, consumer: str, message_id: str, task: PromptTask) -> None:
-        self.touch_prompts(consumer, [(message_id, task)])
-
     def pending_prompts(self, run_id: str) -> int:
         """Prompts of the run claimed by a worker and not yet acked."""
         try:

@@ -130,12 +130,5 @@ class ScoringLanes:
             job.state = "returned"
             return True
 
-    def wait_idle(self, timeout_s: float) -> bool:
-        """Wait until no job waits or runs; False on timeout."""
-        with self._cond:
-            return self._cond.wait_for(
-                lambda: all(not lane.jobs and not lane.running for lane in self._lanes.values()), timeout_s
-            )
-
 
 __all__ = ["ScoreJob", "ScoringLanes"]

@@ -3,6 +3,7 @@ from a version."""
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -93,18 +94,7 @@ def build_updater(
 
 def data_parallel_updaters(ranks: Ranks) -> UpdaterFactory:
     """``build_updater`` for one of ``ranks``: its steps shard sequences and sum gradients over ranks."""
-
-    def build(
-        model: torch.nn.Module,
-        spec: MethodSpec,
-        config: RunConfig,
-        pad_token_id: int,
-        device: torch.device,
-        teacher: TeacherScorer | None = None,
-    ) -> Updater:
-        return build_updater(model, spec, config, pad_token_id, device, teacher, ranks=ranks)
-
-    return build
+    return functools.partial(build_updater, ranks=ranks)
 
 
 @dataclass
