@@ -24,6 +24,9 @@ class EventKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     EVENT_KIND_ERROR: _ClassVar[EventKind]
     EVENT_KIND_WARNING: _ClassVar[EventKind]
     EVENT_KIND_STATUS: _ClassVar[EventKind]
+    EVENT_KIND_EVAL: _ClassVar[EventKind]
+    EVENT_KIND_SAMPLE: _ClassVar[EventKind]
+    EVENT_KIND_PROMOTION: _ClassVar[EventKind]
 
 class TurnRole(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -41,6 +44,9 @@ EVENT_KIND_VERSION: EventKind
 EVENT_KIND_ERROR: EventKind
 EVENT_KIND_WARNING: EventKind
 EVENT_KIND_STATUS: EventKind
+EVENT_KIND_EVAL: EventKind
+EVENT_KIND_SAMPLE: EventKind
+EVENT_KIND_PROMOTION: EventKind
 TURN_ROLE_UNSPECIFIED: TurnRole
 TURN_ROLE_MODEL: TurnRole
 TURN_ROLE_ENVIRONMENT: TurnRole
@@ -116,7 +122,7 @@ class TeacherSpec(_message.Message):
     def __init__(self, model: _Optional[str] = ..., endpoint: _Optional[str] = ..., coef: _Optional[float] = ...) -> None: ...
 
 class CreateRunRequest(_message.Message):
-    __slots__ = ("base_model", "method", "reward_endpoint", "group_size", "prompts_per_step", "max_new_tokens", "temperature", "top_p", "learning_rate", "lora", "max_steps", "max_staleness", "engine", "seed", "teacher")
+    __slots__ = ("base_model", "method", "reward_endpoint", "group_size", "prompts_per_step", "max_new_tokens", "temperature", "top_p", "learning_rate", "lora", "max_steps", "max_staleness", "engine", "seed", "teacher", "eval", "promotion", "init_adapter", "retention", "correctness_component", "sample_every")
     BASE_MODEL_FIELD_NUMBER: _ClassVar[int]
     METHOD_FIELD_NUMBER: _ClassVar[int]
     REWARD_ENDPOINT_FIELD_NUMBER: _ClassVar[int]
@@ -132,6 +138,12 @@ class CreateRunRequest(_message.Message):
     ENGINE_FIELD_NUMBER: _ClassVar[int]
     SEED_FIELD_NUMBER: _ClassVar[int]
     TEACHER_FIELD_NUMBER: _ClassVar[int]
+    EVAL_FIELD_NUMBER: _ClassVar[int]
+    PROMOTION_FIELD_NUMBER: _ClassVar[int]
+    INIT_ADAPTER_FIELD_NUMBER: _ClassVar[int]
+    RETENTION_FIELD_NUMBER: _ClassVar[int]
+    CORRECTNESS_COMPONENT_FIELD_NUMBER: _ClassVar[int]
+    SAMPLE_EVERY_FIELD_NUMBER: _ClassVar[int]
     base_model: str
     method: MethodSpec
     reward_endpoint: str
@@ -147,10 +159,54 @@ class CreateRunRequest(_message.Message):
     engine: str
     seed: int
     teacher: TeacherSpec
-    def __init__(self, base_model: _Optional[str] = ..., method: _Optional[_Union[MethodSpec, _Mapping]] = ..., reward_endpoint: _Optional[str] = ..., group_size: _Optional[int] = ..., prompts_per_step: _Optional[int] = ..., max_new_tokens: _Optional[int] = ..., temperature: _Optional[float] = ..., top_p: _Optional[float] = ..., learning_rate: _Optional[float] = ..., lora: _Optional[_Union[LoraSpec, _Mapping]] = ..., max_steps: _Optional[int] = ..., max_staleness: _Optional[int] = ..., engine: _Optional[str] = ..., seed: _Optional[int] = ..., teacher: _Optional[_Union[TeacherSpec, _Mapping]] = ...) -> None: ...
+    eval: EvalSpec
+    promotion: PromotionSpec
+    init_adapter: str
+    retention: RetentionSpec
+    correctness_component: str
+    sample_every: int
+    def __init__(self, base_model: _Optional[str] = ..., method: _Optional[_Union[MethodSpec, _Mapping]] = ..., reward_endpoint: _Optional[str] = ..., group_size: _Optional[int] = ..., prompts_per_step: _Optional[int] = ..., max_new_tokens: _Optional[int] = ..., temperature: _Optional[float] = ..., top_p: _Optional[float] = ..., learning_rate: _Optional[float] = ..., lora: _Optional[_Union[LoraSpec, _Mapping]] = ..., max_steps: _Optional[int] = ..., max_staleness: _Optional[int] = ..., engine: _Optional[str] = ..., seed: _Optional[int] = ..., teacher: _Optional[_Union[TeacherSpec, _Mapping]] = ..., eval: _Optional[_Union[EvalSpec, _Mapping]] = ..., promotion: _Optional[_Union[PromotionSpec, _Mapping]] = ..., init_adapter: _Optional[str] = ..., retention: _Optional[_Union[RetentionSpec, _Mapping]] = ..., correctness_component: _Optional[str] = ..., sample_every: _Optional[int] = ...) -> None: ...
+
+class EvalSpec(_message.Message):
+    __slots__ = ("prompts", "every", "samples", "reward_endpoint", "temperature", "success_threshold")
+    PROMPTS_FIELD_NUMBER: _ClassVar[int]
+    EVERY_FIELD_NUMBER: _ClassVar[int]
+    SAMPLES_FIELD_NUMBER: _ClassVar[int]
+    REWARD_ENDPOINT_FIELD_NUMBER: _ClassVar[int]
+    TEMPERATURE_FIELD_NUMBER: _ClassVar[int]
+    SUCCESS_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    prompts: _containers.RepeatedCompositeFieldContainer[Prompt]
+    every: int
+    samples: int
+    reward_endpoint: str
+    temperature: float
+    success_threshold: float
+    def __init__(self, prompts: _Optional[_Iterable[_Union[Prompt, _Mapping]]] = ..., every: _Optional[int] = ..., samples: _Optional[int] = ..., reward_endpoint: _Optional[str] = ..., temperature: _Optional[float] = ..., success_threshold: _Optional[float] = ...) -> None: ...
+
+class PromotionSpec(_message.Message):
+    __slots__ = ("rule", "margin", "threshold", "stop_at_metric", "patience")
+    RULE_FIELD_NUMBER: _ClassVar[int]
+    MARGIN_FIELD_NUMBER: _ClassVar[int]
+    THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    STOP_AT_METRIC_FIELD_NUMBER: _ClassVar[int]
+    PATIENCE_FIELD_NUMBER: _ClassVar[int]
+    rule: str
+    margin: float
+    threshold: float
+    stop_at_metric: float
+    patience: int
+    def __init__(self, rule: _Optional[str] = ..., margin: _Optional[float] = ..., threshold: _Optional[float] = ..., stop_at_metric: _Optional[float] = ..., patience: _Optional[int] = ...) -> None: ...
+
+class RetentionSpec(_message.Message):
+    __slots__ = ("keep_versions", "keep_trainer_states")
+    KEEP_VERSIONS_FIELD_NUMBER: _ClassVar[int]
+    KEEP_TRAINER_STATES_FIELD_NUMBER: _ClassVar[int]
+    keep_versions: int
+    keep_trainer_states: int
+    def __init__(self, keep_versions: _Optional[int] = ..., keep_trainer_states: _Optional[int] = ...) -> None: ...
 
 class Run(_message.Message):
-    __slots__ = ("run_id", "status", "base_model", "method", "reward_endpoint", "group_size", "prompts_per_step", "max_new_tokens", "temperature", "top_p", "learning_rate", "lora", "max_steps", "max_staleness", "engine", "seed", "teacher", "version", "step", "prompts_submitted", "groups_trained", "created_at", "error", "resolved_method")
+    __slots__ = ("run_id", "status", "base_model", "method", "reward_endpoint", "group_size", "prompts_per_step", "max_new_tokens", "temperature", "top_p", "learning_rate", "lora", "max_steps", "max_staleness", "engine", "seed", "teacher", "version", "step", "prompts_submitted", "groups_trained", "created_at", "error", "resolved_method", "eval", "promotion", "init_adapter", "retention", "correctness_component", "sample_every", "eval_prompt_count", "promoted_version")
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
     BASE_MODEL_FIELD_NUMBER: _ClassVar[int]
@@ -175,6 +231,14 @@ class Run(_message.Message):
     CREATED_AT_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
     RESOLVED_METHOD_FIELD_NUMBER: _ClassVar[int]
+    EVAL_FIELD_NUMBER: _ClassVar[int]
+    PROMOTION_FIELD_NUMBER: _ClassVar[int]
+    INIT_ADAPTER_FIELD_NUMBER: _ClassVar[int]
+    RETENTION_FIELD_NUMBER: _ClassVar[int]
+    CORRECTNESS_COMPONENT_FIELD_NUMBER: _ClassVar[int]
+    SAMPLE_EVERY_FIELD_NUMBER: _ClassVar[int]
+    EVAL_PROMPT_COUNT_FIELD_NUMBER: _ClassVar[int]
+    PROMOTED_VERSION_FIELD_NUMBER: _ClassVar[int]
     run_id: str
     status: RunStatus
     base_model: str
@@ -199,7 +263,15 @@ class Run(_message.Message):
     created_at: float
     error: str
     resolved_method: MethodSpec
-    def __init__(self, run_id: _Optional[str] = ..., status: _Optional[_Union[RunStatus, str]] = ..., base_model: _Optional[str] = ..., method: _Optional[_Union[MethodSpec, _Mapping]] = ..., reward_endpoint: _Optional[str] = ..., group_size: _Optional[int] = ..., prompts_per_step: _Optional[int] = ..., max_new_tokens: _Optional[int] = ..., temperature: _Optional[float] = ..., top_p: _Optional[float] = ..., learning_rate: _Optional[float] = ..., lora: _Optional[_Union[LoraSpec, _Mapping]] = ..., max_steps: _Optional[int] = ..., max_staleness: _Optional[int] = ..., engine: _Optional[str] = ..., seed: _Optional[int] = ..., teacher: _Optional[_Union[TeacherSpec, _Mapping]] = ..., version: _Optional[int] = ..., step: _Optional[int] = ..., prompts_submitted: _Optional[int] = ..., groups_trained: _Optional[int] = ..., created_at: _Optional[float] = ..., error: _Optional[str] = ..., resolved_method: _Optional[_Union[MethodSpec, _Mapping]] = ...) -> None: ...
+    eval: EvalSpec
+    promotion: PromotionSpec
+    init_adapter: str
+    retention: RetentionSpec
+    correctness_component: str
+    sample_every: int
+    eval_prompt_count: int
+    promoted_version: int
+    def __init__(self, run_id: _Optional[str] = ..., status: _Optional[_Union[RunStatus, str]] = ..., base_model: _Optional[str] = ..., method: _Optional[_Union[MethodSpec, _Mapping]] = ..., reward_endpoint: _Optional[str] = ..., group_size: _Optional[int] = ..., prompts_per_step: _Optional[int] = ..., max_new_tokens: _Optional[int] = ..., temperature: _Optional[float] = ..., top_p: _Optional[float] = ..., learning_rate: _Optional[float] = ..., lora: _Optional[_Union[LoraSpec, _Mapping]] = ..., max_steps: _Optional[int] = ..., max_staleness: _Optional[int] = ..., engine: _Optional[str] = ..., seed: _Optional[int] = ..., teacher: _Optional[_Union[TeacherSpec, _Mapping]] = ..., version: _Optional[int] = ..., step: _Optional[int] = ..., prompts_submitted: _Optional[int] = ..., groups_trained: _Optional[int] = ..., created_at: _Optional[float] = ..., error: _Optional[str] = ..., resolved_method: _Optional[_Union[MethodSpec, _Mapping]] = ..., eval: _Optional[_Union[EvalSpec, _Mapping]] = ..., promotion: _Optional[_Union[PromotionSpec, _Mapping]] = ..., init_adapter: _Optional[str] = ..., retention: _Optional[_Union[RetentionSpec, _Mapping]] = ..., correctness_component: _Optional[str] = ..., sample_every: _Optional[int] = ..., eval_prompt_count: _Optional[int] = ..., promoted_version: _Optional[int] = ...) -> None: ...
 
 class GetRunRequest(_message.Message):
     __slots__ = ("run_id",)
@@ -231,8 +303,27 @@ class WatchRunRequest(_message.Message):
     after_event_id: str
     def __init__(self, run_id: _Optional[str] = ..., after_event_id: _Optional[str] = ...) -> None: ...
 
+class CompletionSample(_message.Message):
+    __slots__ = ("prompt", "completion", "reward", "components")
+    class ComponentsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
+    PROMPT_FIELD_NUMBER: _ClassVar[int]
+    COMPLETION_FIELD_NUMBER: _ClassVar[int]
+    REWARD_FIELD_NUMBER: _ClassVar[int]
+    COMPONENTS_FIELD_NUMBER: _ClassVar[int]
+    prompt: str
+    completion: str
+    reward: float
+    components: _containers.ScalarMap[str, float]
+    def __init__(self, prompt: _Optional[str] = ..., completion: _Optional[str] = ..., reward: _Optional[float] = ..., components: _Optional[_Mapping[str, float]] = ...) -> None: ...
+
 class RunEvent(_message.Message):
-    __slots__ = ("event_id", "run_id", "kind", "message", "step", "version", "metrics", "timestamp")
+    __slots__ = ("event_id", "run_id", "kind", "message", "step", "version", "metrics", "timestamp", "samples")
     class MetricsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -248,6 +339,7 @@ class RunEvent(_message.Message):
     VERSION_FIELD_NUMBER: _ClassVar[int]
     METRICS_FIELD_NUMBER: _ClassVar[int]
     TIMESTAMP_FIELD_NUMBER: _ClassVar[int]
+    SAMPLES_FIELD_NUMBER: _ClassVar[int]
     event_id: str
     run_id: str
     kind: EventKind
@@ -256,7 +348,8 @@ class RunEvent(_message.Message):
     version: int
     metrics: _containers.ScalarMap[str, float]
     timestamp: float
-    def __init__(self, event_id: _Optional[str] = ..., run_id: _Optional[str] = ..., kind: _Optional[_Union[EventKind, str]] = ..., message: _Optional[str] = ..., step: _Optional[int] = ..., version: _Optional[int] = ..., metrics: _Optional[_Mapping[str, float]] = ..., timestamp: _Optional[float] = ...) -> None: ...
+    samples: _containers.RepeatedCompositeFieldContainer[CompletionSample]
+    def __init__(self, event_id: _Optional[str] = ..., run_id: _Optional[str] = ..., kind: _Optional[_Union[EventKind, str]] = ..., message: _Optional[str] = ..., step: _Optional[int] = ..., version: _Optional[int] = ..., metrics: _Optional[_Mapping[str, float]] = ..., timestamp: _Optional[float] = ..., samples: _Optional[_Iterable[_Union[CompletionSample, _Mapping]]] = ...) -> None: ...
 
 class Prompt(_message.Message):
     __slots__ = ("text", "metadata")
@@ -327,7 +420,7 @@ class SubmitTrajectoriesResponse(_message.Message):
     def __init__(self, group_ids: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class AdapterVersion(_message.Message):
-    __slots__ = ("run_id", "version", "step", "base_model", "method", "metrics", "files", "created_at", "resolved_method")
+    __slots__ = ("run_id", "version", "step", "base_model", "method", "metrics", "files", "created_at", "resolved_method", "promoted", "eval", "parent")
     class MetricsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -342,6 +435,13 @@ class AdapterVersion(_message.Message):
         key: str
         value: str
         def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    class EvalEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     STEP_FIELD_NUMBER: _ClassVar[int]
@@ -351,6 +451,9 @@ class AdapterVersion(_message.Message):
     FILES_FIELD_NUMBER: _ClassVar[int]
     CREATED_AT_FIELD_NUMBER: _ClassVar[int]
     RESOLVED_METHOD_FIELD_NUMBER: _ClassVar[int]
+    PROMOTED_FIELD_NUMBER: _ClassVar[int]
+    EVAL_FIELD_NUMBER: _ClassVar[int]
+    PARENT_FIELD_NUMBER: _ClassVar[int]
     run_id: str
     version: int
     step: int
@@ -360,13 +463,18 @@ class AdapterVersion(_message.Message):
     files: _containers.ScalarMap[str, str]
     created_at: float
     resolved_method: MethodSpec
-    def __init__(self, run_id: _Optional[str] = ..., version: _Optional[int] = ..., step: _Optional[int] = ..., base_model: _Optional[str] = ..., method: _Optional[str] = ..., metrics: _Optional[_Mapping[str, float]] = ..., files: _Optional[_Mapping[str, str]] = ..., created_at: _Optional[float] = ..., resolved_method: _Optional[_Union[MethodSpec, _Mapping]] = ...) -> None: ...
+    promoted: bool
+    eval: _containers.ScalarMap[str, float]
+    parent: str
+    def __init__(self, run_id: _Optional[str] = ..., version: _Optional[int] = ..., step: _Optional[int] = ..., base_model: _Optional[str] = ..., method: _Optional[str] = ..., metrics: _Optional[_Mapping[str, float]] = ..., files: _Optional[_Mapping[str, str]] = ..., created_at: _Optional[float] = ..., resolved_method: _Optional[_Union[MethodSpec, _Mapping]] = ..., promoted: _Optional[bool] = ..., eval: _Optional[_Mapping[str, float]] = ..., parent: _Optional[str] = ...) -> None: ...
 
 class ListAdaptersRequest(_message.Message):
-    __slots__ = ("run_id",)
+    __slots__ = ("run_id", "promoted_only")
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    PROMOTED_ONLY_FIELD_NUMBER: _ClassVar[int]
     run_id: str
-    def __init__(self, run_id: _Optional[str] = ...) -> None: ...
+    promoted_only: bool
+    def __init__(self, run_id: _Optional[str] = ..., promoted_only: _Optional[bool] = ...) -> None: ...
 
 class ListAdaptersResponse(_message.Message):
     __slots__ = ("versions",)
@@ -397,12 +505,96 @@ class AdapterChunk(_message.Message):
     def __init__(self, manifest: _Optional[_Union[AdapterVersion, _Mapping]] = ..., file_name: _Optional[str] = ..., data: _Optional[bytes] = ..., last: _Optional[bool] = ..., sha256: _Optional[str] = ...) -> None: ...
 
 class WatchAdaptersRequest(_message.Message):
-    __slots__ = ("run_id", "after_version")
+    __slots__ = ("run_id", "after_version", "promoted_only")
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
     AFTER_VERSION_FIELD_NUMBER: _ClassVar[int]
+    PROMOTED_ONLY_FIELD_NUMBER: _ClassVar[int]
     run_id: str
     after_version: int
-    def __init__(self, run_id: _Optional[str] = ..., after_version: _Optional[int] = ...) -> None: ...
+    promoted_only: bool
+    def __init__(self, run_id: _Optional[str] = ..., after_version: _Optional[int] = ..., promoted_only: _Optional[bool] = ...) -> None: ...
+
+class AddEvalPromptsRequest(_message.Message):
+    __slots__ = ("run_id", "prompts")
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    PROMPTS_FIELD_NUMBER: _ClassVar[int]
+    run_id: str
+    prompts: _containers.RepeatedCompositeFieldContainer[Prompt]
+    def __init__(self, run_id: _Optional[str] = ..., prompts: _Optional[_Iterable[_Union[Prompt, _Mapping]]] = ...) -> None: ...
+
+class AddEvalPromptsResponse(_message.Message):
+    __slots__ = ("eval_prompt_count",)
+    EVAL_PROMPT_COUNT_FIELD_NUMBER: _ClassVar[int]
+    eval_prompt_count: int
+    def __init__(self, eval_prompt_count: _Optional[int] = ...) -> None: ...
+
+class UploadAdapterChunk(_message.Message):
+    __slots__ = ("base_model", "file_name", "data", "last", "sha256")
+    BASE_MODEL_FIELD_NUMBER: _ClassVar[int]
+    FILE_NAME_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    LAST_FIELD_NUMBER: _ClassVar[int]
+    SHA256_FIELD_NUMBER: _ClassVar[int]
+    base_model: str
+    file_name: str
+    data: bytes
+    last: bool
+    sha256: str
+    def __init__(self, base_model: _Optional[str] = ..., file_name: _Optional[str] = ..., data: _Optional[bytes] = ..., last: _Optional[bool] = ..., sha256: _Optional[str] = ...) -> None: ...
+
+class UploadedAdapter(_message.Message):
+    __slots__ = ("upload_id", "base_model", "rank", "target_modules", "files")
+    class FilesEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    UPLOAD_ID_FIELD_NUMBER: _ClassVar[int]
+    BASE_MODEL_FIELD_NUMBER: _ClassVar[int]
+    RANK_FIELD_NUMBER: _ClassVar[int]
+    TARGET_MODULES_FIELD_NUMBER: _ClassVar[int]
+    FILES_FIELD_NUMBER: _ClassVar[int]
+    upload_id: str
+    base_model: str
+    rank: int
+    target_modules: _containers.RepeatedScalarFieldContainer[str]
+    files: _containers.ScalarMap[str, str]
+    def __init__(self, upload_id: _Optional[str] = ..., base_model: _Optional[str] = ..., rank: _Optional[int] = ..., target_modules: _Optional[_Iterable[str]] = ..., files: _Optional[_Mapping[str, str]] = ...) -> None: ...
+
+class FinishEpisodeRequest(_message.Message):
+    __slots__ = ("run_id", "session_id", "reward", "task_key", "components")
+    class ComponentsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    REWARD_FIELD_NUMBER: _ClassVar[int]
+    TASK_KEY_FIELD_NUMBER: _ClassVar[int]
+    COMPONENTS_FIELD_NUMBER: _ClassVar[int]
+    run_id: str
+    session_id: str
+    reward: float
+    task_key: str
+    components: _containers.ScalarMap[str, float]
+    def __init__(self, run_id: _Optional[str] = ..., session_id: _Optional[str] = ..., reward: _Optional[float] = ..., task_key: _Optional[str] = ..., components: _Optional[_Mapping[str, float]] = ...) -> None: ...
+
+class FinishEpisodeResponse(_message.Message):
+    __slots__ = ("trajectories", "model_tokens", "pending_in_group", "group_id")
+    TRAJECTORIES_FIELD_NUMBER: _ClassVar[int]
+    MODEL_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    PENDING_IN_GROUP_FIELD_NUMBER: _ClassVar[int]
+    GROUP_ID_FIELD_NUMBER: _ClassVar[int]
+    trajectories: int
+    model_tokens: int
+    pending_in_group: int
+    group_id: str
+    def __init__(self, trajectories: _Optional[int] = ..., model_tokens: _Optional[int] = ..., pending_in_group: _Optional[int] = ..., group_id: _Optional[str] = ...) -> None: ...
 
 class ListMethodsRequest(_message.Message):
     __slots__ = ()

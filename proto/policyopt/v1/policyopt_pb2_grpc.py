@@ -101,6 +101,21 @@ class PolicyOptimizerStub:
                 request_serializer=policyopt_dot_v1_dot_policyopt__pb2.ListMethodsRequest.SerializeToString,
                 response_deserializer=policyopt_dot_v1_dot_policyopt__pb2.ListMethodsResponse.FromString,
                 _registered_method=True)
+        self.AddEvalPrompts = channel.unary_unary(
+                '/policyopt.v1.PolicyOptimizer/AddEvalPrompts',
+                request_serializer=policyopt_dot_v1_dot_policyopt__pb2.AddEvalPromptsRequest.SerializeToString,
+                response_deserializer=policyopt_dot_v1_dot_policyopt__pb2.AddEvalPromptsResponse.FromString,
+                _registered_method=True)
+        self.UploadAdapter = channel.stream_unary(
+                '/policyopt.v1.PolicyOptimizer/UploadAdapter',
+                request_serializer=policyopt_dot_v1_dot_policyopt__pb2.UploadAdapterChunk.SerializeToString,
+                response_deserializer=policyopt_dot_v1_dot_policyopt__pb2.UploadedAdapter.FromString,
+                _registered_method=True)
+        self.FinishEpisode = channel.unary_unary(
+                '/policyopt.v1.PolicyOptimizer/FinishEpisode',
+                request_serializer=policyopt_dot_v1_dot_policyopt__pb2.FinishEpisodeRequest.SerializeToString,
+                response_deserializer=policyopt_dot_v1_dot_policyopt__pb2.FinishEpisodeResponse.FromString,
+                _registered_method=True)
 
 
 class PolicyOptimizerServicer:
@@ -191,6 +206,28 @@ class PolicyOptimizerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def AddEvalPrompts(self, request, context):
+        """Held-out prompts for a run's evaluation (added to those given at CreateRun).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UploadAdapter(self, request_iterator, context):
+        """Upload a PEFT adapter directory (chunks as PullAdapter sends them); CreateRun's `init_adapter`
+        then names it as "upload:<upload_id>".
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def FinishEpisode(self, request, context):
+        """Agents through `policyopt proxy`: turn a recorded session into a trajectory of the run.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_PolicyOptimizerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -258,6 +295,21 @@ def add_PolicyOptimizerServicer_to_server(servicer, server):
                     servicer.ListMethods,
                     request_deserializer=policyopt_dot_v1_dot_policyopt__pb2.ListMethodsRequest.FromString,
                     response_serializer=policyopt_dot_v1_dot_policyopt__pb2.ListMethodsResponse.SerializeToString,
+            ),
+            'AddEvalPrompts': grpc.unary_unary_rpc_method_handler(
+                    servicer.AddEvalPrompts,
+                    request_deserializer=policyopt_dot_v1_dot_policyopt__pb2.AddEvalPromptsRequest.FromString,
+                    response_serializer=policyopt_dot_v1_dot_policyopt__pb2.AddEvalPromptsResponse.SerializeToString,
+            ),
+            'UploadAdapter': grpc.stream_unary_rpc_method_handler(
+                    servicer.UploadAdapter,
+                    request_deserializer=policyopt_dot_v1_dot_policyopt__pb2.UploadAdapterChunk.FromString,
+                    response_serializer=policyopt_dot_v1_dot_policyopt__pb2.UploadedAdapter.SerializeToString,
+            ),
+            'FinishEpisode': grpc.unary_unary_rpc_method_handler(
+                    servicer.FinishEpisode,
+                    request_deserializer=policyopt_dot_v1_dot_policyopt__pb2.FinishEpisodeRequest.FromString,
+                    response_serializer=policyopt_dot_v1_dot_policyopt__pb2.FinishEpisodeResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -613,6 +665,87 @@ class PolicyOptimizer:
             '/policyopt.v1.PolicyOptimizer/ListMethods',
             policyopt_dot_v1_dot_policyopt__pb2.ListMethodsRequest.SerializeToString,
             policyopt_dot_v1_dot_policyopt__pb2.ListMethodsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AddEvalPrompts(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/policyopt.v1.PolicyOptimizer/AddEvalPrompts',
+            policyopt_dot_v1_dot_policyopt__pb2.AddEvalPromptsRequest.SerializeToString,
+            policyopt_dot_v1_dot_policyopt__pb2.AddEvalPromptsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UploadAdapter(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/policyopt.v1.PolicyOptimizer/UploadAdapter',
+            policyopt_dot_v1_dot_policyopt__pb2.UploadAdapterChunk.SerializeToString,
+            policyopt_dot_v1_dot_policyopt__pb2.UploadedAdapter.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def FinishEpisode(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/policyopt.v1.PolicyOptimizer/FinishEpisode',
+            policyopt_dot_v1_dot_policyopt__pb2.FinishEpisodeRequest.SerializeToString,
+            policyopt_dot_v1_dot_policyopt__pb2.FinishEpisodeResponse.FromString,
             options,
             channel_credentials,
             insecure,

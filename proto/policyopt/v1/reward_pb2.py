@@ -25,17 +25,23 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19policyopt/v1/reward.proto\x12\x0cpolicyopt.v1\x1a\x1cgoogle/protobuf/struct.proto\"\x9a\x01\n\x0cScoreRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x11\n\tprompt_id\x18\x02 \x01(\t\x12\x0e\n\x06prompt\x18\x03 \x01(\t\x12\x13\n\x0b\x63ompletions\x18\x04 \x03(\t\x12)\n\x08metadata\x18\x05 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x17\n\x0f\x61\x64\x61pter_version\x18\x06 \x01(\x03\"\x1f\n\rScoreResponse\x12\x0e\n\x06scores\x18\x01 \x03(\x01\x32Q\n\rRewardService\x12@\n\x05Score\x12\x1a.policyopt.v1.ScoreRequest\x1a\x1b.policyopt.v1.ScoreResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19policyopt/v1/reward.proto\x12\x0cpolicyopt.v1\x1a\x1cgoogle/protobuf/struct.proto\"\x9a\x01\n\x0cScoreRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x11\n\tprompt_id\x18\x02 \x01(\t\x12\x0e\n\x06prompt\x18\x03 \x01(\t\x12\x13\n\x0b\x63ompletions\x18\x04 \x03(\t\x12)\n\x08metadata\x18\x05 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x17\n\x0f\x61\x64\x61pter_version\x18\x06 \x01(\x03\"\xbd\x01\n\rScoreResponse\x12\x0e\n\x06scores\x18\x01 \x03(\x01\x12\x31\n\ncomponents\x18\x02 \x03(\x0b\x32\x1d.policyopt.v1.RewardComponent\x12\x39\n\x07weights\x18\x03 \x03(\x0b\x32(.policyopt.v1.ScoreResponse.WeightsEntry\x1a.\n\x0cWeightsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"/\n\x0fRewardComponent\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06values\x18\x02 \x03(\x01\x32Q\n\rRewardService\x12@\n\x05Score\x12\x1a.policyopt.v1.ScoreRequest\x1a\x1b.policyopt.v1.ScoreResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'policyopt.v1.reward_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_SCORERESPONSE_WEIGHTSENTRY']._loaded_options = None
+  _globals['_SCORERESPONSE_WEIGHTSENTRY']._serialized_options = b'8\001'
   _globals['_SCOREREQUEST']._serialized_start=74
   _globals['_SCOREREQUEST']._serialized_end=228
-  _globals['_SCORERESPONSE']._serialized_start=230
-  _globals['_SCORERESPONSE']._serialized_end=261
-  _globals['_REWARDSERVICE']._serialized_start=263
-  _globals['_REWARDSERVICE']._serialized_end=344
+  _globals['_SCORERESPONSE']._serialized_start=231
+  _globals['_SCORERESPONSE']._serialized_end=420
+  _globals['_SCORERESPONSE_WEIGHTSENTRY']._serialized_start=374
+  _globals['_SCORERESPONSE_WEIGHTSENTRY']._serialized_end=420
+  _globals['_REWARDCOMPONENT']._serialized_start=422
+  _globals['_REWARDCOMPONENT']._serialized_end=469
+  _globals['_REWARDSERVICE']._serialized_start=471
+  _globals['_REWARDSERVICE']._serialized_end=552
 # @@protoc_insertion_point(module_scope)
