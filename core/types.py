@@ -32,6 +32,9 @@ class EventKind(StrEnum):
     ERROR = "error"  # something failed for one prompt or group; the run goes on
     WARNING = "warning"  # a diagnostic signature (e.g. compound failure) was seen
     STATUS = "status"  # the run changed status
+    EVAL = "eval"  # a version's held-out evaluation; metrics eval/...
+    SAMPLE = "sample"  # a few sampled completions kept for reading (RunEvent.samples)
+    PROMOTION = "promotion"  # a version became promoted
 
 
 @dataclass(frozen=True)
@@ -67,6 +70,59 @@ class TeacherConfig:
 
 
 @dataclass(frozen=True)
+class EvalPrompt:
+    """A held-out prompt and the metadata its reward endpoint needs."""
+
+    text: str
+    metadata: dict[str, JSONValue] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """Held-out evaluation of a run's versions (version 0, then every ``every`` versions).
+
+    ``samples`` completions per prompt give mean@k and an unbiased pass@k (a completion with reward
+    >= ``success_threshold`` is a success). ``temperature`` 0 is greedy. ``reward_endpoint`` empty:
+    the run's own endpoint. The prompts themselves live in Redis (``RunStore``), not in the config.
+    """
+
+    every: int = 0  # 0: no evaluation
+    samples: int = 1
+    reward_endpoint: str = ""
+    temperature: float = 0.0
+    success_threshold: float = 1.0
+
+
+@dataclass(frozen=True)
+class PromotionConfig:
+    """When a version becomes promoted, and when the run stops on its eval metric."""
+
+    rule: str = "none"  # none | beats_best | threshold
+    margin: float = 0.0
+    threshold: float = 0.0
+    stop_at_metric: float | None = None
+    patience: int = 0  # evaluations without a new best before the run ends; 0: never
+
+
+@dataclass(frozen=True)
+class RetentionConfig:
+    """Unpromoted versions and trainer states kept (0: all); promoted and newest are always kept."""
+
+    keep_versions: int = 0
+    keep_trainer_states: int = 0
+
+
+@dataclass(frozen=True)
+class CompletionSample:
+    """One sampled completion kept for reading (SAMPLE events)."""
+
+    prompt: str
+    completion: str
+    reward: float = 0.0
+    components: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class RunConfig:
     base_model: str
     reward_endpoint: str = ""
@@ -89,6 +145,12 @@ class RunConfig:
     # Set by CreateRun; None only in run records written before methods were pinned (resolved from
     # ``method`` then).
     resolved_method: ResolvedMethod | None = None
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    promotion: PromotionConfig = field(default_factory=PromotionConfig)
+    init_adapter: str = ""  # "RUN@vN" (a fork) or "upload:<id>"; empty: a fresh LoRA
+    retention: RetentionConfig = field(default_factory=RetentionConfig)
+    correctness_component: str = ""  # the reward component the reward-hacking warning watches
+    sample_every: int = 0  # SAMPLE event every this many steps; 0: the server default
 
 
 @dataclass
@@ -134,6 +196,7 @@ class Trajectory:
     reward: float = 0.0
     finish_reason: str = "length"
     loss_mask: list[int] = field(default_factory=list)
+    reward_components: dict[str, float] = field(default_factory=dict)  # named sub-rewards, when scored so
     version: int = 0
     turn_ends: list[int] = field(default_factory=list)
     turn_rewards: list[float] = field(default_factory=list)
@@ -188,6 +251,9 @@ class AdapterManifest:
     )  # groups the step trained on (exactly-once bookkeeping)
     created_at: float = field(default_factory=time.time)
     resolved_method: ResolvedMethod | None = None  # the full method that trained this version
+    promoted: bool = False
+    eval: dict[str, float] = field(default_factory=dict)  # held-out evaluation (eval/...)
+    parent: str = ""  # version 0's origin: "RUN@vN" (fork) or "upload:<sha256>"
 
 
 @dataclass(frozen=True)
@@ -200,6 +266,7 @@ class RunEvent:
     metrics: dict[str, float] = field(default_factory=dict)
     timestamp: float = field(default_factory=time.time)
     event_id: str = ""  # Redis stream id, filled on read
+    samples: list[CompletionSample] = field(default_factory=list)
 
 
 def to_json(obj: object) -> str:
@@ -243,10 +310,15 @@ def from_dict(cls: type[T], data: dict[str, Any]) -> T:
 
 __all__ = [
     "AdapterManifest",
+    "CompletionSample",
+    "EvalConfig",
+    "EvalPrompt",
     "EventKind",
     "MethodChoice",
+    "PromotionConfig",
     "PromptTask",
     "ResolvedMethod",
+    "RetentionConfig",
     "RewardEndpointInfo",
     "Run",
     "RunConfig",

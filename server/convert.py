@@ -160,6 +160,9 @@ def run_to_proto(run: Run) -> pb.Run:
         lora=lora,
         teacher=_message(pb.TeacherSpec, config.teacher),
         resolved_method=_resolved_to_proto(config.resolved_method),
+        eval=_message(pb.EvalSpec, config.eval),
+        promotion=_message(pb.PromotionSpec, config.promotion),
+        retention=_message(pb.RetentionSpec, config.retention),
     )
 
 
@@ -168,7 +171,12 @@ def run_status_from_proto(value: int) -> RunStatus:
 
 
 def event_to_proto(event: RunEvent) -> pb.RunEvent:
-    return _message(pb.RunEvent, event, kind=f"EVENT_KIND_{EventKind(event.kind).name}")
+    return _message(
+        pb.RunEvent,
+        event,
+        kind=f"EVENT_KIND_{EventKind(event.kind).name}",
+        samples=[_message(pb.CompletionSample, sample) for sample in event.samples],
+    )
 
 
 def manifest_to_proto(manifest: AdapterManifest) -> pb.AdapterVersion:
