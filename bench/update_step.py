@@ -106,7 +106,9 @@ def make_groups(args: argparse.Namespace) -> list[TrajectoryGroup]:
 def build_ours(
     model: PeftModel, args: argparse.Namespace, groups: list[TrajectoryGroup]
 ) -> tuple[Callable[[], None], Any]:
-    spec = resolve_method(MethodChoice(preset="grpo"))
+    # TRL has no sampler/trainer correction without vLLM, and the bench's sampler log-probs are made up:
+    # the grpo preset's token TIS is turned off so that both sides compute the same gradient.
+    spec = resolve_method(MethodChoice(preset="grpo", trajectory_side={"mismatch_correction": "none"}))
     updater = PolicyUpdater(
         model,
         spec,

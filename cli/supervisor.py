@@ -122,6 +122,8 @@ def child_env(settings: Settings, threads: int) -> dict[str, str]:
         if value:  # settings from a --config file reach the children too
             env[name] = value
     env.update(_policy_env(settings))
+    if settings.dtype != "auto":  # else the environment's POLICYOPT_DTYPE, if any, reaches the children
+        env["POLICYOPT_DTYPE"] = settings.dtype
     env["POLICYOPT_TRAINER_LEASE_MS"] = str(settings.trainer_lease_ms)
     env["POLICYOPT_CLAIM_IDLE_MS"] = str(settings.claim_idle_ms)
     if settings.api_keys:

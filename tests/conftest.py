@@ -22,6 +22,9 @@ from policyopt.core.valkey import EmbeddedValkey
 # Every process a test starts serves /metrics; none may take the default port 8080, which a developer's
 # own `policyopt up` (or another test run) may hold. Tests that need a fixed port set it themselves.
 os.environ.setdefault("POLICYOPT_HTTP_PORT", "0")
+# Worker processes the tests start load models in fp32: tests compare exact values, and POLICYOPT_DTYPE=auto
+# is bf16 on CPUs with AMX/AVX512-BF16 (tests/workers/test_placement.py covers that choice).
+os.environ.setdefault("POLICYOPT_DTYPE", "float32")
 
 
 @pytest.fixture(scope="session")
@@ -111,6 +114,7 @@ def server(valkey_url: str, data_dir: Path, tmp_path_factory: pytest.TempPathFac
         port=0,
         data_dir=str(data_dir),
         max_active_runs_per_tenant=100_000,  # the session's tests leave their runs running
+        dtype="float32",  # tests compare exact values; auto is bf16 on CPUs with AMX/AVX512-BF16
         **local_allowances(tmp_path_factory),
     )
     with build_server(settings, max_workers=16, poll_ms=200) as running:

@@ -12,6 +12,12 @@ from dataclasses import dataclass
 
 from torch import Tensor
 
+from policyopt.workers.algorithms.diagnostics_window import (
+    LENGTH_GROWTH_WINDOW_KEY,
+    WINDOW_STEPS_KEY,
+    window_full,
+    windowed,
+)
 from policyopt.workers.algorithms.registry import AGGREGATIONS
 from policyopt.workers.algorithms.reward_side.common import Metrics, group_std
 from policyopt.workers.algorithms.spec import MethodSpec
@@ -140,7 +146,11 @@ def detect_failures(metrics: Metrics, spec: MethodSpec) -> list[DiagnosticWarnin
 LENGTH_BIAS_RATIO = 1.1
 """Negative-advantage responses must be this many times longer than positive ones to count as a bias."""
 LENGTH_GROWTH_TOKENS = 1.0
-"""Mean response length must grow by at least this many tokens in a step to count as growing."""
+"""Mean response length must grow by at least this many tokens in a step to count as growing (one step's
+metrics, without a window)."""
+LENGTH_WINDOW_GROWTH_TOKENS = 3.0
+"""With a window: the mean response length of the last ``WINDOW_STEPS`` steps must exceed that of the
+``WINDOW_STEPS`` before by this many tokens (healthy runs measured at most 1.7)."""
 
 
 @register_detector(
@@ -153,11 +163,16 @@ def detect_length_bias(metrics: Metrics, spec: MethodSpec) -> str | None:
     are cheap and responses grow (Liu et al. 2025, Dr.GRPO)."""
     if "length_normalized" not in AGGREGATIONS.get(spec.trajectory_side.aggregation.name).attributes:
         return None
-    negative = metrics.get("reward/negative_advantage_length_mean", 0.0)
-    positive = metrics.get("reward/positive_advantage_length_mean", float("inf"))
-    growth = metrics.get("trajectory/response_length_growth", 0.0)
-    # Margins keep per-step noise (a fraction of a token) from reading as a trend.
-    if negative > LENGTH_BIAS_RATIO * positive and growth >= LENGTH_GROWTH_TOKENS:
+    if not window_full(metrics):
+        return None
+    negative = windowed(metrics, "reward/negative_advantage_length_mean", 0.0)
+    positive = windowed(metrics, "reward/positive_advantage_length_mean", float("inf"))
+    if WINDOW_STEPS_KEY in metrics:
+        growth, needed = metrics.get(LENGTH_GROWTH_WINDOW_KEY, 0.0), LENGTH_WINDOW_GROWTH_TOKENS
+    else:
+        growth, needed = metrics.get("trajectory/response_length_growth", 0.0), LENGTH_GROWTH_TOKENS
+    # Margins keep sampling noise (a few tokens either way) from reading as a trend.
+    if negative > LENGTH_BIAS_RATIO * positive and growth >= needed:
         return (
             f"length-normalized aggregation while negative-advantage responses are longer ({negative:.1f} vs "
             f"{positive:.1f} tokens) and responses grow (+{growth:.1f} tokens)"
@@ -179,6 +194,11 @@ def detect_std_amplification(metrics: Metrics, spec: MethodSpec) -> str | None:
     return None
 
 
+MISMATCH_KL = 1e-3
+"""Sampler/trainer KL (mean over the window) above which uncorrected samples count as off-policy: on-policy
+fp32, or bf16 with eager attention, measures 0; a version of staleness 0.001-0.005."""
+
+
 @register_detector(
     "stale_or_mismatched_samples_clipping_inactive",
     axis="trajectory_side",
@@ -187,14 +207,20 @@ def detect_std_amplification(metrics: Metrics, spec: MethodSpec) -> str | None:
 def detect_inactive_clipping(metrics: Metrics, spec: MethodSpec) -> str | None:
     """The ratio is taken against the trainer's own log-probs, so it starts at 1 and clipping never fires,
     while the samples actually came from a different (stale or mismatched) sampler distribution."""
-    mismatch = metrics.get("trajectory/mismatch_kl", 0.0)
+    mismatch = windowed(metrics, "trajectory/mismatch_kl", 0.0)
     clipped = metrics.get("trajectory/clip_fraction_low", 0.0) + metrics.get(
         "trajectory/clip_fraction_high", 0.0
     )
-    corrected = abs(metrics.get("trajectory/mismatch_weight_mean", 1.0) - 1.0) > 1e-6
-    if mismatch > 1e-3 and clipped < 1e-3 and not corrected:
+    corrected = spec.trajectory_side.mismatch_correction.name != "none" or (
+        abs(metrics.get("trajectory/mismatch_weight_mean", 1.0) - 1.0) > 1e-6
+    )
+    if mismatch > MISMATCH_KL and clipped < 1e-3 and not corrected:
         return f"sampler/trainer KL {mismatch:.2g} with clipping inactive ({clipped:.1%}) and no correction"
     return None
+
+
+ZERO_VARIANCE_FRACTION = 0.5
+"""Fraction of zero-variance groups (mean over the window) above which a run is mostly without signal."""
 
 
 @register_detector(
@@ -205,10 +231,14 @@ def detect_inactive_clipping(metrics: Metrics, spec: MethodSpec) -> str | None:
 )
 def detect_zero_variance(metrics: Metrics, spec: MethodSpec) -> str | None:
     """Groups whose members all scored the same carry no group-relative signal."""
-    fraction = metrics.get("reward/zero_variance_group_fraction", 0.0)
-    if fraction > 0.5:
+    fraction = windowed(metrics, "reward/zero_variance_group_fraction", 0.0)
+    if window_full(metrics) and fraction > ZERO_VARIANCE_FRACTION:
         return f"{fraction:.0%} of groups have zero reward variance (no learning signal)"
     return None
+
+
+ENTROPY_COLLAPSE_NATS = 0.05
+"""Mean token entropy (over the window) below which sampling is near-deterministic."""
 
 
 @register_detector(
@@ -218,7 +248,7 @@ def detect_zero_variance(metrics: Metrics, spec: MethodSpec) -> str | None:
 )
 def detect_entropy_collapse(metrics: Metrics, spec: MethodSpec) -> str | None:
     """Near-deterministic sampling stops exploration; groups then turn uniform."""
-    entropy = metrics.get("trajectory/entropy")
-    if entropy is not None and entropy < 0.05:
+    entropy = windowed(metrics, "trajectory/entropy", float("inf"))
+    if window_full(metrics) and entropy < ENTROPY_COLLAPSE_NATS:
         return f"mean token entropy {entropy:.3f} nats"
     return None

@@ -81,9 +81,14 @@ def _build() -> dict[str, Preset]:
             "Reward: group-relative advantages (mean/std over the G completions of a prompt) replace PPO's "
             "critic, which is costly and hard to fit for LLMs. Trajectory: PPO clip, per-sequence token mean. "
             "The paper's KL loss (k3, 0.04) is off here: a LoRA stays close to its base and the reference "
-            "forward costs a third of a step; set trajectory_side.kl.coef to turn it on.",
+            "forward costs a third of a step; set trajectory_side.kl.coef to turn it on. Token-level "
+            "truncated IS (cap 2) from the stored sampler log-probs: rollouts are pipelined with training, so "
+            "a sample may come from the version before (or from another engine, such as vLLM), and with one "
+            "update per batch PPO's ratio starts at 1 and never clips.",
             grpo_reward,
-            clip,
+            dataclasses.replace(
+                clip, mismatch_correction=_choice(MISMATCH_CORRECTIONS, "token_tis", cap=2.0)
+            ),
         ),
         _preset(
             "dr_grpo",

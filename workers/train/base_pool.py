@@ -19,7 +19,7 @@ from torch import nn
 from policyopt.core.errors import InvalidArgument
 from policyopt.core.types import RunConfig
 from policyopt.models import ModelCatalog
-from policyopt.workers.placement import Placement
+from policyopt.workers.placement import Placement, model_kwargs
 from policyopt.workers.train import policy
 
 log = logging.getLogger(__name__)
@@ -112,7 +112,7 @@ class BasePool:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         model_dir = key[0]
-        base = AutoModelForCausalLM.from_pretrained(model_dir, dtype=self.placement.dtype)
+        base = AutoModelForCausalLM.from_pretrained(model_dir, **model_kwargs(self.placement))
         base_bytes = tensor_bytes(base)
         tokenizer = AutoTokenizer.from_pretrained(model_dir)
         pad = tokenizer.pad_token_id

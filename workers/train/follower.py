@@ -48,7 +48,7 @@ class TrainerFollower:
 
     def __init__(self, settings: Settings, ranks: Ranks, updater_factory: UpdaterFactory | None = None):
         self.ranks = ranks
-        self.placement = ranks.place(resolve_placement(settings.device))
+        self.placement = ranks.place(resolve_placement(settings.device, settings.dtype))
         self.models = ModelCatalog.from_settings(settings)
         self.outbound = OutboundPolicy.from_settings(settings)
         self.store = LocalAdapterStore(settings.adapter_root)

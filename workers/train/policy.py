@@ -17,7 +17,7 @@ from safetensors.torch import load_file, save_file
 from policyopt.core.errors import InvalidArgument
 from policyopt.core.types import RunConfig
 from policyopt.models import ModelCatalog
-from policyopt.workers.placement import Placement
+from policyopt.workers.placement import Placement, model_kwargs
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +32,7 @@ def load_policy(config: RunConfig, placement: Placement, models: ModelCatalog) -
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     model_dir = models.resolve(config.base_model)
-    base = AutoModelForCausalLM.from_pretrained(model_dir, dtype=placement.dtype)
+    base = AutoModelForCausalLM.from_pretrained(model_dir, **model_kwargs(placement))
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     pad_token_id = tokenizer.pad_token_id
     if pad_token_id is None:

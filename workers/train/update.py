@@ -39,6 +39,7 @@ from policyopt.workers.algorithms.diagnostics import (
     length_metrics,
     reward_metrics,
 )
+from policyopt.workers.algorithms.diagnostics_window import DiagnosticWindow
 from policyopt.workers.algorithms.registry import ADVANTAGE_ESTIMATORS, CRITICS, GROUP_FILTERS, REWARD_SHAPING
 from policyopt.workers.algorithms.reward_side.common import AdvantageInputs, sequence_scores
 from policyopt.workers.algorithms.reward_side.shaping import ShapingContext
@@ -122,6 +123,7 @@ class PolicyUpdater:
         self.generator = torch.Generator().manual_seed(seed)
         self.previous_length_mean: float | None = None
         self.last_warnings: list[DiagnosticWarning] = []
+        self.diagnostic_window = DiagnosticWindow()  # trend detectors judge the last steps, not one
 
     # ----- the step -------------------------------------------------------------------------------
 
@@ -143,7 +145,7 @@ class PolicyUpdater:
         prepared = self.prepare(groups)
         metrics = dict(prepared.metrics)
         if prepared.batch.size == 0:
-            self.last_warnings = detect_failures(metrics, self.spec)
+            self.last_warnings = detect_failures(self.diagnostic_window.observe(metrics), self.spec)
             return metrics | {"trajectory/optimizer_steps": 0.0}
         side = self.spec.trajectory_side
         accumulator = TokenMetricAccumulator()
@@ -163,7 +165,7 @@ class PolicyUpdater:
         metrics["trajectory/loss"] = sum(losses) / len(losses)
         metrics["trajectory/grad_norm"] = sum(grad_norms) / len(grad_norms)
         metrics["trajectory/optimizer_steps"] = float(len(losses))
-        self.last_warnings = detect_failures(metrics, self.spec)
+        self.last_warnings = detect_failures(self.diagnostic_window.observe(metrics), self.spec)
         return metrics
 
     def warnings(self, metrics: Metrics | None = None) -> list[DiagnosticWarning]:
@@ -347,6 +349,7 @@ class PolicyUpdater:
             "estimator_state": dict(self.estimator_state),
             "generator": self.generator.get_state(),
             "previous_length_mean": self.previous_length_mean,
+            "diagnostic_window": self.diagnostic_window.state_dict(),
         }
 
     def load_state_dict(self, state: dict[str, object]) -> None:
@@ -358,3 +361,4 @@ class PolicyUpdater:
         if state.get("generator") is not None:
             self.generator.set_state(state["generator"])  # type: ignore[arg-type]
         self.previous_length_mean = state.get("previous_length_mean")  # type: ignore[assignment]
+        self.diagnostic_window.load_state_dict(state.get("diagnostic_window"))  # type: ignore[arg-type]

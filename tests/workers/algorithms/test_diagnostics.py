@@ -77,9 +77,10 @@ def test_inactive_clipping_detector_is_silenced_by_a_correction() -> None:
         "trajectory/clip_fraction_low": 0.0,
         "trajectory/mismatch_weight_mean": 1.0,
     }
-    assert names(metrics) == ["stale_or_mismatched_samples_clipping_inactive"]
-    assert names(metrics | {"trajectory/mismatch_weight_mean": 0.9}) == []
-    assert names(metrics | {"trajectory/clip_fraction_high": 0.05}) == []
+    assert names(metrics, "dr_grpo") == ["stale_or_mismatched_samples_clipping_inactive"]
+    assert names(metrics | {"trajectory/mismatch_weight_mean": 0.9}, "dr_grpo") == []
+    assert names(metrics | {"trajectory/clip_fraction_high": 0.05}, "dr_grpo") == []
+    assert names(metrics, "grpo") == []  # its token_tis corrects, even where every weight is 1
 
 
 def test_zero_variance_and_entropy_detectors() -> None:

@@ -180,7 +180,7 @@ def test_remax_without_greedy_baseline_fails_clearly() -> None:
 
 
 def test_mismatched_samples_raise_a_warning_with_axis_and_suggestion() -> None:
-    update = updater(build_lora_model(), "grpo")
+    update = updater(build_lora_model(), "dr_grpo")  # no mismatch correction (grpo has token_tis)
     update.step(make_groups())  # sampler log-probs are random, far from the model's
     warning = next(
         w for w in update.last_warnings if w.name == "stale_or_mismatched_samples_clipping_inactive"

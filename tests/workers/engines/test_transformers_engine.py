@@ -21,7 +21,7 @@ LOGPROB_TOLERANCE = 1e-4
 
 @pytest.fixture(scope="module")
 def engine(tiny_model_dir: Path) -> TransformersEngine:
-    built = create_engine("transformers", tiny_model_dir, device="cpu")
+    built = create_engine("transformers", tiny_model_dir, device="cpu", dtype="float32")
     assert isinstance(built, TransformersEngine)
     return built
 

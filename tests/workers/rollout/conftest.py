@@ -14,7 +14,7 @@ from policyopt.core.settings import Settings
 @pytest.fixture
 def settings(fresh_redis_url: str, tmp_path: Path, local_policy: dict[str, tuple[str, ...]]) -> Settings:
     return Settings(
-        redis_url=fresh_redis_url, data_dir=str(tmp_path), device="cpu", torch_threads=1,
+        redis_url=fresh_redis_url, data_dir=str(tmp_path), device="cpu", dtype="float32", torch_threads=1,
         reward_retries=1, reward_timeout_s=2.0, claim_idle_ms=60000, **local_policy,
     )  # fmt: skip
 

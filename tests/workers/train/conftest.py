@@ -27,6 +27,7 @@ def trainer_env(
         redis_url=fresh_redis_url,
         data_dir=str(tmp_path / "data"),
         device="cpu",
+        dtype="float32",  # exact comparisons; auto is bf16 on CPUs with AMX/AVX512-BF16
         torch_threads=1,
         claim_idle_ms=60000,
         **local_policy,

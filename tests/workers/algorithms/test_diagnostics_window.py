@@ -1,0 +1,135 @@
+"""Diagnostics over a window of steps: each warning fires on its failure and stays quiet on a healthy run.
+
+Healthy runs are recorded in ``data/`` (bench/rl_step.py's policyopt side with the default grpo preset in
+bf16, reward rising; the demo's first 30 steps); so is a run that shows a failure (the demo trained 60
+steps collapses onto one reply). Other failures are metric sequences built to show each one, plus a real
+update on the tiny model whose groups all score the same.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+from pathlib import Path
+
+import pytest
+
+from policyopt.core.types import MethodChoice
+from policyopt.workers.algorithms import detect_failures, resolve_method
+from policyopt.workers.algorithms.diagnostics_window import WINDOW_STEPS, DiagnosticWindow
+
+DATA = Path(__file__).parent / "data"
+HEALTHY = json.loads((DATA / "healthy_smollm2_grpo.json").read_text())["steps"]
+HEALTHY_RUNS = {
+    name: json.loads((DATA / f"{name}.json").read_text())["steps"]
+    for name in ("healthy_smollm2_grpo", "healthy_smollm2_grpo_eager")
+}
+DEMO_60 = json.loads((DATA / "demo_smollm2_60_steps.json").read_text())["steps"]
+DEMO_STEPS = 30  # cli/demo.py's SIZES["smollm2"].steps
+
+
+def replay(steps: list[dict[str, float]], preset: str = "grpo") -> list[list[str]]:
+    """The warnings of each step when ``steps`` pass through a window, as the updater does."""
+    spec, window = resolve_method(MethodChoice(preset=preset)), DiagnosticWindow()
+    return [[w.name for w in detect_failures(window.observe(m), spec)] for m in steps]
+
+
+def steady(metrics: dict[str, float], steps: int = WINDOW_STEPS + 1) -> list[dict[str, float]]:
+    return [dict(metrics) for _ in range(steps)]
+
+
+@pytest.mark.parametrize("name", sorted(HEALTHY_RUNS))
+def test_the_default_preset_is_quiet_on_a_healthy_run(name: str) -> None:
+    assert replay(HEALTHY_RUNS[name]) == [[] for _ in HEALTHY_RUNS[name]]
+
+
+def test_the_default_demo_is_quiet_and_the_collapse_after_it_is_named() -> None:
+    from policyopt.cli.demo import SIZES
+
+    assert SIZES["smollm2"].steps == DEMO_STEPS
+    warned = replay(DEMO_60)
+    assert warned[:DEMO_STEPS] == [[] for _ in range(DEMO_STEPS)]
+    later = {name for names in warned[DEMO_STEPS:] for name in names}
+    assert later == {"mostly_zero_variance_groups", "entropy_collapse"}
+
+
+def test_single_noisy_steps_of_the_healthy_run_would_have_warned() -> None:
+    """What the window is for: judged one step at a time, the same run trips two detectors."""
+    spec = resolve_method(MethodChoice(preset="grpo"))
+    one_step = {w.name for m in HEALTHY for w in detect_failures(m, spec)}
+    assert "mostly_zero_variance_groups" in one_step
+    assert replay(HEALTHY) == [[] for _ in HEALTHY]
+
+
+def test_mismatch_without_correction_warns_on_the_same_run() -> None:
+    """The healthy run's bf16 + pipelined KL (~0.002) is real: a preset without a correction is told so."""
+    uncorrected = [m | {"trajectory/mismatch_weight_mean": 1.0} for m in HEALTHY]  # what "none" reports
+    warned = replay(uncorrected, "dr_grpo")
+    assert all("stale_or_mismatched_samples_clipping_inactive" in names for names in warned)
+
+
+@pytest.mark.parametrize(
+    ("name", "failing", "healthy"),
+    [
+        (
+            "mostly_zero_variance_groups",
+            {"reward/zero_variance_group_fraction": 0.75},
+            {"reward/zero_variance_group_fraction": 0.25},
+        ),
+        ("entropy_collapse", {"trajectory/entropy": 0.01}, {"trajectory/entropy": 1.5}),
+    ],
+)
+def test_trend_detectors_need_a_full_window(
+    name: str, failing: dict[str, float], healthy: dict[str, float]
+) -> None:
+    warned = replay(steady(failing, WINDOW_STEPS))
+    assert [name in names for names in warned] == [False] * (WINDOW_STEPS - 1) + [True]
+    one_bad_step = steady(healthy, WINDOW_STEPS - 1) + [failing]
+    assert all(name not in names for names in replay(one_bad_step))
+
+
+def test_length_bias_fires_on_sustained_growth_with_longer_wrong_answers() -> None:
+    growing = [  # a token a step: the last 5 steps average 5 tokens more than the 5 before
+        {
+            "reward/negative_advantage_length_mean": 30.0 + i,
+            "reward/positive_advantage_length_mean": 12.0,
+            "trajectory/response_length_mean": 20.0 + i,
+        }
+        for i in range(2 * WINDOW_STEPS)
+    ]
+    warned = replay(growing)
+    assert "length_normalized_negative_advantages_grow" in warned[-1]
+    assert all("length_normalized_negative_advantages_grow" not in names for names in warned[:-1])
+    assert "length_normalized_negative_advantages_grow" not in replay(growing, "dapo")[-1]  # token mean
+    noisy = [m | {"trajectory/response_length_mean": 20.0 + (i % 3) * 5} for i, m in enumerate(growing)]
+    assert all("length_normalized_negative_advantages_grow" not in names for names in replay(noisy))
+
+
+def test_window_state_survives_a_restart() -> None:
+    first = DiagnosticWindow()
+    for metrics in steady({"reward/zero_variance_group_fraction": 1.0}, WINDOW_STEPS - 1):
+        first.observe(metrics)
+    resumed = DiagnosticWindow()
+    resumed.load_state_dict(copy.deepcopy(first.state_dict()))
+    observed = resumed.observe({"reward/zero_variance_group_fraction": 1.0})
+    assert observed["diagnostics/window_steps"] == WINDOW_STEPS
+    assert observed["reward/zero_variance_group_fraction/window"] == 1.0
+
+
+def test_an_update_on_groups_without_reward_variance_warns_after_a_window() -> None:
+    from support.algorithms import build_lora_model, make_groups
+
+    from policyopt.workers.train.update import PolicyUpdater
+
+    spec = resolve_method(MethodChoice(preset="grpo"))
+    update = PolicyUpdater(build_lora_model(), spec, learning_rate=1e-3, pad_token_id=0)
+    flat = [
+        dataclasses.replace(g, trajectories=[dataclasses.replace(t, reward=1.0) for t in g.trajectories])
+        for g in make_groups()
+    ]
+    seen = []
+    for _ in range(WINDOW_STEPS):
+        update.step(flat)
+        seen.append("mostly_zero_variance_groups" in [w.name for w in update.last_warnings])
+    assert seen == [False] * (WINDOW_STEPS - 1) + [True]
