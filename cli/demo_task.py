@@ -23,6 +23,9 @@ from policyopt.core.types import JSONValue
 _BARE_NUMBER = re.compile(r"^\s*(-?\d+)\s*\.?\s*$")
 _ANY_NUMBER = re.compile(r"-?\d+")
 
+EVAL_PAIRS = ((2, 7), (3, 5), (4, 8), (5, 9), (6, 3), (7, 7), (8, 1), (9, 4))
+"""The held-out questions of the eval set: the training stream re-draws these."""
+
 REWARD_EXACT = 1.0
 REWARD_BARE_WRONG = 0.1
 REWARD_CONTAINS = 0.5
@@ -56,13 +59,20 @@ class DemoTask:
         self._rng = random.Random(self.seed)
 
     def prompts(self, n: int) -> tuple[list[str], list[dict[str, JSONValue]]]:
-        """``n`` fresh questions and their metadata (``{"answer": "12"}``)."""
+        """``n`` fresh questions and their metadata (``{"answer": "12"}``); never one of the eval set."""
         prompts, metadata = [], []
         for _ in range(n):
             a, b = self._rng.randint(1, self.max_operand), self._rng.randint(1, self.max_operand)
+            while (a, b) in EVAL_PAIRS:
+                a, b = self._rng.randint(1, self.max_operand), self._rng.randint(1, self.max_operand)
             prompts.append(f"What is {a} + {b}? Reply with just the number.")
             metadata.append({"answer": str(a + b)})
         return prompts, metadata
+
+    def eval_set(self) -> tuple[list[str], list[dict[str, JSONValue]]]:
+        """The held-out questions (``EVAL_PAIRS``), which ``prompts`` never asks."""
+        questions = [f"What is {a} + {b}? Reply with just the number." for a, b in EVAL_PAIRS]
+        return questions, [{"answer": str(a + b)} for a, b in EVAL_PAIRS]
 
     def score(self, prompt: str, completions: list[str], metadata: dict[str, JSONValue]) -> list[float]:
         """Batch form for ``RewardServer(task.score, batch=True)``: one score per completion."""
@@ -87,6 +97,11 @@ class DigitsTask:
 
     def prompts(self, n: int) -> tuple[list[str], list[dict[str, JSONValue]]]:
         prompts = [f"Give me a number near {self._rng.randint(1, 99)}." for _ in range(n)]
+        return prompts, [{} for _ in prompts]
+
+    def eval_set(self) -> tuple[list[str], list[dict[str, JSONValue]]]:
+        """Held-out prompts: numbers above 100, which ``prompts`` never asks for."""
+        prompts = [f"Give me a number near {n}." for n in range(105, 185, 10)]
         return prompts, [{} for _ in prompts]
 
     def score(self, prompt: str, completions: list[str], metadata: dict[str, JSONValue]) -> list[float]:

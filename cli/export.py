@@ -3,12 +3,15 @@
 ``step_rows`` turns STEP events into one row per step; ``write_csv`` writes them with the columns
 step, version, wall_time and every metric key (sorted; blank where a step lacks it). WARNING and ERROR
 events are notes: a second csv beside the first (``RUN.warnings.csv``), or text summaries in the
-TensorBoard export. ``read_events`` reads a run's events up to now through the SDK.
+TensorBoard export. SAMPLE events (a few completions every ``sample_every`` steps) become one JSON line
+per completion in ``RUN.samples.jsonl`` (``write_samples``). ``read_events`` reads a run's events up to
+now through the SDK.
 """
 
 from __future__ import annotations
 
 import csv
+import json
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -110,6 +113,27 @@ def write_tensorboard(rows: list[StepRow], events: list[RunEvent], directory: Pa
         writer.close()
 
 
+def samples_path(out: Path) -> Path:
+    """``RUN.csv`` or ``RUN-tensorboard`` -> ``RUN.samples.jsonl`` beside it."""
+    return out.with_name(f"{out.stem.removesuffix('-tensorboard')}.samples.jsonl")
+
+
+def write_samples(events: Iterable[RunEvent], path: Path) -> int:
+    """One JSON line per kept completion: step, version, prompt, completion, reward, components."""
+    count = 0
+    with path.open("w", encoding="utf-8") as f:
+        for event in events:
+            if event.kind != EventKind.SAMPLE:
+                continue
+            for sample in event.samples:
+                line = {"step": event.step, "version": event.version, "prompt": sample.prompt,
+                        "completion": sample.completion, "reward": sample.reward,
+                        "components": sample.components}  # fmt: skip
+                f.write(json.dumps(line, ensure_ascii=False) + "\n")
+                count += 1
+    return count
+
+
 def _cell(value: float | int | None) -> str:
     if value is None:
         return ""
@@ -122,8 +146,10 @@ __all__ = [
     "notes",
     "notes_path",
     "read_events",
+    "samples_path",
     "step_rows",
     "write_csv",
     "write_notes_csv",
+    "write_samples",
     "write_tensorboard",
 ]

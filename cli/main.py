@@ -11,7 +11,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 
-from policyopt.cli import adapters, demo, methods, runs, serve, serving_sync, up, worker
+from policyopt.cli import adapters, demo, methods, proxy, runs, serve, serving_sync, up, worker
 from policyopt.cli.common import Subparsers
 from policyopt.core.errors import PolicyOptError
 
@@ -24,6 +24,7 @@ COMMANDS: tuple[Callable[[Subparsers], None], ...] = (
     adapters.register,
     methods.register,
     serving_sync.register,
+    proxy.register,
 )
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from policyopt.cli import export
 from policyopt.cli.common import Subparsers, client_from, print_table, when
-from policyopt.client.types import RunStatus
+from policyopt.client.types import EventKind, RunStatus
 
 
 def register(subparsers: Subparsers) -> None:
@@ -67,6 +67,9 @@ def export_run(args: argparse.Namespace) -> int:
         out = Path(args.out or f"{args.run}-tensorboard")
         export.write_tensorboard(rows, notes, out)
     print(f"wrote {len(rows)} steps and {len(notes)} warnings/errors of run {args.run} to {out}")
+    if any(e.kind == EventKind.SAMPLE for e in events):
+        kept = export.write_samples(events, export.samples_path(out))
+        print(f"wrote {kept} sampled completions to {export.samples_path(out)}")
     if info.status == RunStatus.RUNNING:
         print(
             f"run {args.run} is still running: this export has its steps up to version {info.version}; "

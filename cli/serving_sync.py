@@ -1,4 +1,5 @@
-"""``policyopt serving-sync --vllm URL [--vllm URL ...] [--run RUN] [--pin VERSION] [--pull-to DIR]``.
+"""``policyopt serving-sync --vllm URL [--vllm URL ...] [--run RUN] [--pin VERSION] [--pull-to DIR]
+[--promoted-only]``.
 
 Keeps vLLM endpoints on the newest adapter version (plus pinned ones) as the trainer publishes them;
 see ``policyopt.workers.serving``. By default it needs the service's ``REDIS_URL`` and a vLLM that reads
@@ -62,6 +63,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "directory vLLM reads, and load it from there; follows --run, or every running run of the "
         "API key's tenant",
     )
+    parser.add_argument(
+        "--promoted-only",
+        action="store_true",
+        help="serve a version only once the run's promotion rule promotes it (after its held-out evaluation)",
+    )
     parser.add_argument("--once", action="store_true", help="reconcile once and exit")
 
 
@@ -86,6 +92,7 @@ def run(args: argparse.Namespace) -> int:
         pins=args.pin,
         max_loras=args.max_loras,
         reconcile_interval_s=args.interval,
+        promoted_only=args.promoted_only,
     )
     if args.once:
         sync.bootstrap()
@@ -115,6 +122,7 @@ def _run_pulling(args: argparse.Namespace, urls: list[str]) -> int:
             pins=args.pin,
             max_loras=args.max_loras,
             reconcile_interval_s=args.interval,
+            promoted_only=args.promoted_only,
         )
         if args.once:
             sync.sync_once()

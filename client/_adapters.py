@@ -1,7 +1,7 @@
 """Writing a pulled adapter: chunks into a temporary directory, sha256-checked, then one rename.
 
 The result is ``dest_dir/<run_id>/v000002/`` holding the PEFT files and ``manifest.json``. Nothing the
-server sends becomes a path unchecked: the run id must be a run id, the version a positive integer and
+server sends becomes a path unchecked: the run id must be a run id, the version a non-negative integer and
 every file name one plain component (``core.identifiers``), else AdapterIntegrityError; and every path
 written must resolve inside ``dest_dir``.
 """
@@ -41,9 +41,9 @@ def _checked_manifest(manifest: AdapterVersion) -> AdapterVersion:
         raise AdapterIntegrityError(
             f"the server sent a manifest with a malformed run id {quote(manifest.run_id)}"
         )
-    if not 1 <= manifest.version <= MAX_INT64:
+    if not 0 <= manifest.version <= MAX_INT64:
         raise AdapterIntegrityError(
-            f"the server sent a manifest with version {manifest.version}; versions are >= 1"
+            f"the server sent a manifest with version {manifest.version}; versions are >= 0"
         )
     for name in manifest.files:
         _safe_name(name)

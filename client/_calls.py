@@ -17,19 +17,21 @@ from typing import Generic, TypeVar
 
 import grpc
 
-from policyopt.client import _convert
-from policyopt.client._stub import Metadata, StreamRpc, Stub, T, UnaryRpc
+from policyopt.client import _convert, _evaluation
+from policyopt.client._stub import ClientStreamRpc, Metadata, StreamRpc, Stub, T, UnaryRpc
 from policyopt.client.errors import DeadlineExceeded, FailedPrecondition, InvalidArgument
 from policyopt.client.tls import PemSource, read_pem, tls_credentials
 from policyopt.client.types import (
     AdapterVersion,
     CreateRunOptions,
     EndpointTLS,
+    EpisodeFinished,
     JSONValue,
     MethodCatalog,
     RewardEndpoint,
     RunEvent,
     RunInfo,
+    UploadedAdapter,
 )
 from policyopt.v1 import policyopt_pb2 as pb
 
@@ -57,6 +59,15 @@ class Stream(Generic[T, Request, Response, Out]):
     method: Callable[[Stub[T]], StreamRpc[T, Request, Response]]
     convert: Callable[[Response], Out]
     timeout: float | None = None
+
+
+@dataclass(frozen=True)
+class Upload(Generic[T, Request, Response, Out]):
+    """A client-streaming RPC: send every message of ``requests``, return ``convert(response)``."""
+
+    requests: list[Request]
+    method: Callable[[Stub[T]], ClientStreamRpc[T, Request, Response]]
+    convert: Callable[[Response], Out]
 
 
 def docs_from(source: object) -> Callable[[Method], Method]:
@@ -235,23 +246,50 @@ def submit_trajectories(
     )
 
 
+def finish_episode(
+    run_id: str,
+    session_id: str,
+    reward: float,
+    task_key: str = "",
+    components: Mapping[str, float] | None = None,
+) -> Unary[T, pb.FinishEpisodeRequest, pb.FinishEpisodeResponse, EpisodeFinished]:
+    """End an agent session recorded by ``policyopt proxy``: its calls become a trajectory with ``reward``.
+
+    Episodes with the same ``task_key`` form one group once the run's ``group_size`` have finished.
+    ``components`` are the episode's named sub-rewards (shown as ``reward/component/<name>``).
+    """
+    return Unary(
+        pb.FinishEpisodeRequest(
+            run_id=run_id,
+            session_id=session_id,
+            reward=reward,
+            task_key=task_key,
+            components=components or {},
+        ),
+        lambda stub: stub.FinishEpisode,
+        lambda r: EpisodeFinished(r.trajectories, r.model_tokens, r.pending_in_group, r.group_id),
+    )
+
+
 # -- adapters ------------------------------------------------------------------------------------
 def list_adapters(
-    run_id: str,
+    run_id: str, promoted_only: bool = False
 ) -> Unary[T, pb.ListAdaptersRequest, pb.ListAdaptersResponse, list[AdapterVersion]]:
-    """The run's published adapter versions."""
+    """The run's published adapter versions (``promoted_only``: the promoted ones)."""
     return Unary(
-        pb.ListAdaptersRequest(run_id=run_id),
+        pb.ListAdaptersRequest(run_id=run_id, promoted_only=promoted_only),
         lambda stub: stub.ListAdapters,
         lambda response: [_convert.version_from_proto(v) for v in response.versions],
     )
 
 
 def watch_adapters(
-    run_id: str, after_version: int = 0, timeout: float | None = None
+    run_id: str, after_version: int = 0, timeout: float | None = None, promoted_only: bool = False
 ) -> Stream[T, pb.WatchAdaptersRequest, pb.AdapterVersion, AdapterVersion]:
-    """Versions above ``after_version`` as they are published; ends when the run has ended."""
-    request = pb.WatchAdaptersRequest(run_id=run_id, after_version=after_version)
+    """Versions above ``after_version`` as they are published; ends when the run has ended.
+
+    ``promoted_only``: each version once the run's promotion rule promotes it (after its evaluation)."""
+    request = pb.WatchAdaptersRequest(run_id=run_id, after_version=after_version, promoted_only=promoted_only)
     return Stream(request, lambda stub: stub.WatchAdapters, _convert.version_from_proto, timeout)
 
 
@@ -307,6 +345,27 @@ def wait_for_version(run_id: str, version: int, timeout: float | None = None) ->
     DeadlineExceeded after ``timeout`` seconds; FailedPrecondition if the run ends first.
     """
     return VersionWait(run_id, version, timeout)
+
+
+# -- evaluation and warm starts ----------------------------------------------------------------------
+def add_eval_prompts(
+    run_id: str, prompts: Sequence[str], metadata: Sequence[Mapping[str, JSONValue]] | None = None
+) -> Unary[T, pb.AddEvalPromptsRequest, pb.AddEvalPromptsResponse, int]:
+    """Add held-out prompts (with optional metadata for the reward function) to the run's evaluation set;
+    returns how many the run now holds. Later evaluations score them too."""
+    request = pb.AddEvalPromptsRequest(
+        run_id=run_id, prompts=_evaluation.eval_prompts_to_proto(prompts, metadata)
+    )
+    return Unary(request, lambda stub: stub.AddEvalPrompts, lambda response: response.eval_prompt_count)
+
+
+def upload_adapter(
+    directory: str | os.PathLike[str], base_model: str
+) -> Upload[T, pb.UploadAdapterChunk, pb.UploadedAdapter, UploadedAdapter]:
+    """Upload a PEFT LoRA directory (adapter_config.json + adapter_model.safetensors) trained on
+    ``base_model``; start a run from it with ``create_run(..., init_adapter=uploaded.init_adapter)``."""
+    chunks = _evaluation.upload_chunks(directory, base_model)
+    return Upload(chunks, lambda stub: stub.UploadAdapter, _evaluation.uploaded_from_proto)
 
 
 # -- methods -------------------------------------------------------------------------------------

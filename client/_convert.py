@@ -6,10 +6,12 @@ from collections.abc import Mapping, Sequence
 
 from google.protobuf import struct_pb2
 
+from policyopt.client import _evaluation
 from policyopt.client.errors import InvalidArgument
 from policyopt.client.structs import dict_to_struct, struct_to_dict
 from policyopt.client.types import (
     AdapterVersion,
+    CompletionSample,
     CreateRunOptions,
     EventKind,
     JSONValue,
@@ -32,7 +34,7 @@ from policyopt.v1 import policyopt_pb2 as pb
 
 _TOP_LEVEL_OPTIONS = (
     "group_size", "prompts_per_step", "max_new_tokens", "temperature", "top_p", "learning_rate",
-    "max_steps", "max_staleness", "engine", "seed",
+    "max_steps", "max_staleness", "engine", "seed", "correctness_component", "sample_every",
 )  # fmt: skip
 _LORA_OPTIONS = {"lora_rank": "rank", "lora_alpha": "alpha", "lora_dropout": "dropout"}
 
@@ -58,7 +60,7 @@ _METHOD_OPTIONS = ("method", "reward_endpoint", "reward_side", "trajectory_side"
 
 
 def create_run_request(base_model: str, options: CreateRunOptions) -> pb.CreateRunRequest:
-    known = set(RunOptions.__annotations__) | set(_METHOD_OPTIONS)
+    known = set(RunOptions.__annotations__) | set(_METHOD_OPTIONS) | _evaluation.EVAL_OPTIONS
     unknown = set(options) - known
     if unknown:
         raise TypeError(f"create_run() got unknown options {sorted(unknown)}; known: {sorted(known)}")
@@ -77,6 +79,7 @@ def create_run_request(base_model: str, options: CreateRunOptions) -> pb.CreateR
     request.teacher.model = options.get("teacher_model", "")
     request.teacher.endpoint = options.get("teacher_endpoint", "")
     request.teacher.coef = options.get("teacher_coef", 0.0)
+    _evaluation.apply_eval_options(request, options)
     return request
 
 
@@ -136,6 +139,11 @@ def run_from_proto(run: pb.Run) -> RunInfo:
         created_at=run.created_at,
         error=run.error,
         resolved_method=method_settings_from_proto(run.resolved_method),
+        init_adapter=run.init_adapter,
+        eval_prompt_count=run.eval_prompt_count,
+        promoted_version=run.promoted_version,
+        correctness_component=run.correctness_component,
+        sample_every=run.sample_every,
     )
 
 
@@ -149,6 +157,9 @@ def event_from_proto(event: pb.RunEvent) -> RunEvent:
         version=event.version,
         metrics=dict(event.metrics),
         timestamp=event.timestamp,
+        samples=tuple(
+            CompletionSample(s.prompt, s.completion, s.reward, dict(s.components)) for s in event.samples
+        ),
     )
 
 
@@ -167,6 +178,9 @@ def version_from_proto(version: pb.AdapterVersion) -> AdapterVersion:
             if version.HasField("resolved_method")
             else None
         ),
+        promoted=version.promoted,
+        eval=dict(version.eval),
+        parent=version.parent,
     )
 
 
@@ -198,10 +212,10 @@ def methods_from_proto(response: pb.ListMethodsResponse) -> MethodCatalog:
 
 
 def version_text(version: int | str) -> str:
-    """PullAdapter's version field: "latest" or a positive number."""
+    """PullAdapter's version field: "latest" or a number (0: a warm-started or forked run's first adapter)."""
     if isinstance(version, int) and not isinstance(version, bool):
-        if version < 1:
-            raise InvalidArgument(f"adapter versions start at 1, got {version}")
+        if version < 0:
+            raise InvalidArgument(f"adapter versions start at 0, got {version}")
         return str(version)
     return str(version)
 

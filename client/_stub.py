@@ -9,7 +9,7 @@ service descriptor.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Iterable, Iterator
 from typing import Protocol, TypeVar, overload
 
 from policyopt.v1 import policyopt_pb2 as pb
@@ -95,6 +95,28 @@ class StreamRpc(Protocol[T_co, Request_contra, Response_co]):
     ) -> AsyncResponseIterator[Response_co]: ...
 
 
+class ClientStreamRpc(Protocol[T_co, Request_contra, Response_co]):
+    """A stream-unary method of the stub: the requests are an iterable, the response one message."""
+
+    @overload
+    def __call__(
+        self: ClientStreamRpc[Blocking, Request_contra, Response_co],
+        request: Iterable[Request_contra],
+        *,
+        metadata: Metadata,
+        timeout: float | None,
+    ) -> Response_co: ...
+
+    @overload
+    def __call__(
+        self: ClientStreamRpc[Asyncio, Request_contra, Response_co],
+        request: Iterable[Request_contra],
+        *,
+        metadata: Metadata,
+        timeout: float | None,
+    ) -> Awaitable[Response_co]: ...
+
+
 class Stub(Protocol[T]):
     """``policyopt_pb2_grpc.PolicyOptimizerStub``: the RPCs the SDK makes."""
 
@@ -107,7 +129,10 @@ class Stub(Protocol[T]):
     WatchRun: StreamRpc[T, pb.WatchRunRequest, pb.RunEvent]
     SubmitPrompts: UnaryRpc[T, pb.SubmitPromptsRequest, pb.SubmitPromptsResponse]
     SubmitTrajectories: UnaryRpc[T, pb.SubmitTrajectoriesRequest, pb.SubmitTrajectoriesResponse]
+    FinishEpisode: UnaryRpc[T, pb.FinishEpisodeRequest, pb.FinishEpisodeResponse]
     ListAdapters: UnaryRpc[T, pb.ListAdaptersRequest, pb.ListAdaptersResponse]
     WatchAdapters: StreamRpc[T, pb.WatchAdaptersRequest, pb.AdapterVersion]
     PullAdapter: StreamRpc[T, pb.PullAdapterRequest, pb.AdapterChunk]
     ListMethods: UnaryRpc[T, pb.ListMethodsRequest, pb.ListMethodsResponse]
+    AddEvalPrompts: UnaryRpc[T, pb.AddEvalPromptsRequest, pb.AddEvalPromptsResponse]
+    UploadAdapter: ClientStreamRpc[T, pb.UploadAdapterChunk, pb.UploadedAdapter]

@@ -18,7 +18,7 @@ import grpc.aio
 
 from policyopt.client import _calls
 from policyopt.client._adapters import AdapterWriter
-from policyopt.client._calls import CHANNEL_OPTIONS, Out, Request, Response, Stream, Unary, docs_from
+from policyopt.client._calls import CHANNEL_OPTIONS, Out, Request, Response, Stream, Unary, Upload, docs_from
 from policyopt.client._convert import GroupLike
 from policyopt.client._stub import Asyncio, Metadata, Stub
 from policyopt.client._telemetry import trace_metadata
@@ -28,12 +28,14 @@ from policyopt.client.types import (
     AdapterVersion,
     CreateRunOptions,
     EndpointTLS,
+    EpisodeFinished,
     JSONValue,
     MethodCatalog,
     RewardEndpoint,
     RunEvent,
     RunInfo,
     RunStatus,
+    UploadedAdapter,
 )
 from policyopt.v1 import policyopt_pb2_grpc as pb_grpc
 
@@ -69,6 +71,12 @@ class AsyncClient(_calls.ClientBase[Asyncio]):
         send = call.method(self._stub)
         with translating(self._unreachable_hint):
             response = await send(call.request, metadata=self._metadata(), timeout=self.timeout)
+        return call.convert(response)
+
+    async def _upload(self, call: Upload[Asyncio, Request, Response, Out]) -> Out:
+        send = call.method(self._stub)
+        with translating(self._unreachable_hint):
+            response = await send(iter(call.requests), metadata=self._metadata(), timeout=self.timeout)
         return call.convert(response)
 
     async def _stream(self, call: Stream[Asyncio, Request, Response, Out]) -> AsyncGenerator[Out, None]:
@@ -117,15 +125,36 @@ class AsyncClient(_calls.ClientBase[Asyncio]):
     async def submit_trajectories(self, run_id: str, groups: Sequence[GroupLike]) -> list[str]:
         return await self._call(_calls.submit_trajectories(run_id, groups))
 
+    @docs_from(_calls.finish_episode)
+    async def finish_episode(
+        self,
+        run_id: str,
+        session_id: str,
+        reward: float,
+        task_key: str = "",
+        components: Mapping[str, float] | None = None,
+    ) -> EpisodeFinished:
+        return await self._call(_calls.finish_episode(run_id, session_id, reward, task_key, components))
+
     @docs_from(_calls.list_adapters)
-    async def list_adapters(self, run_id: str) -> list[AdapterVersion]:
-        return await self._call(_calls.list_adapters(run_id))
+    async def list_adapters(self, run_id: str, promoted_only: bool = False) -> list[AdapterVersion]:
+        return await self._call(_calls.list_adapters(run_id, promoted_only))
 
     @docs_from(_calls.watch_adapters)
     def watch_adapters(
-        self, run_id: str, after_version: int = 0, timeout: float | None = None
+        self, run_id: str, after_version: int = 0, timeout: float | None = None, promoted_only: bool = False
     ) -> AsyncIterator[AdapterVersion]:
-        return self._stream(_calls.watch_adapters(run_id, after_version, timeout))
+        return self._stream(_calls.watch_adapters(run_id, after_version, timeout, promoted_only))
+
+    @docs_from(_calls.add_eval_prompts)
+    async def add_eval_prompts(
+        self, run_id: str, prompts: Sequence[str], metadata: Sequence[Mapping[str, JSONValue]] | None = None
+    ) -> int:
+        return await self._call(_calls.add_eval_prompts(run_id, prompts, metadata))
+
+    @docs_from(_calls.upload_adapter)
+    async def upload_adapter(self, directory: str | os.PathLike[str], base_model: str) -> UploadedAdapter:
+        return await self._upload(_calls.upload_adapter(directory, base_model))
 
     @docs_from(_calls.pull_adapter)
     async def pull_adapter(self, run_id: str, version: int | str, dest_dir: str | os.PathLike[str]) -> Path:
@@ -173,6 +202,16 @@ class AsyncRunHandle(_calls.RunHandleBase[AsyncClient]):
     async def submit_trajectories(self, groups: Sequence[GroupLike]) -> list[str]:
         return await self.client.submit_trajectories(self.run_id, groups)
 
+    @docs_from(_calls.finish_episode)
+    async def finish_episode(
+        self,
+        session_id: str,
+        reward: float,
+        task_key: str = "",
+        components: Mapping[str, float] | None = None,
+    ) -> EpisodeFinished:
+        return await self.client.finish_episode(self.run_id, session_id, reward, task_key, components)
+
     @docs_from(_calls.watch_run)
     def watch(self, after_event_id: str = "") -> AsyncIterator[RunEvent]:
         return self.client.watch_run(self.run_id, after_event_id)
@@ -182,12 +221,20 @@ class AsyncRunHandle(_calls.RunHandleBase[AsyncClient]):
         return await self.client.wait_for_version(self.run_id, version, timeout)
 
     @docs_from(_calls.list_adapters)
-    async def list_adapters(self) -> list[AdapterVersion]:
-        return await self.client.list_adapters(self.run_id)
+    async def list_adapters(self, promoted_only: bool = False) -> list[AdapterVersion]:
+        return await self.client.list_adapters(self.run_id, promoted_only)
 
     @docs_from(_calls.watch_adapters)
-    def watch_adapters(self, after_version: int = 0) -> AsyncIterator[AdapterVersion]:
-        return self.client.watch_adapters(self.run_id, after_version)
+    def watch_adapters(
+        self, after_version: int = 0, promoted_only: bool = False
+    ) -> AsyncIterator[AdapterVersion]:
+        return self.client.watch_adapters(self.run_id, after_version, promoted_only=promoted_only)
+
+    @docs_from(_calls.add_eval_prompts)
+    async def add_eval_prompts(
+        self, prompts: Sequence[str], metadata: Sequence[Mapping[str, JSONValue]] | None = None
+    ) -> int:
+        return await self.client.add_eval_prompts(self.run_id, prompts, metadata)
 
     @docs_from(_calls.pull_adapter)
     async def pull_adapter(self, version: int | str, dest_dir: str | os.PathLike[str]) -> Path:

@@ -2,7 +2,10 @@
 
 The function may score one completion (``fn(prompt, completion, metadata) -> float``) or, with
 ``batch=True``, the whole group (``fn(prompt, completions, metadata) -> list[float]``), and either may
-be ``async def``. Scores are returned as given: the rollout worker rejects NaN and wrong counts.
+be ``async def``. A score may be a float or a dict of named components (``{"format": 1.0, "correct": 0.0}``):
+the components are sent by name with ``weights`` (missing: 1.0) and the rollout worker makes the total
+``sum(weight * value)`` and reports each component's mean as ``reward/component/<name>``. Scores are returned
+as given: the rollout worker rejects NaN, wrong counts and bad components.
 """
 
 from __future__ import annotations
@@ -27,12 +30,14 @@ from policyopt.v1 import reward_pb2_grpc as rpb_grpc
 log = logging.getLogger(__name__)
 
 Metadata = dict[str, JSONValue]
-ItemScore = Callable[[str, str, Metadata], float] | Callable[[str, str, Metadata], Awaitable[float]]
+Score = float | dict[str, float]
+"""A completion's reward: the total, or named components the worker weighs into the total."""
+ItemScore = Callable[[str, str, Metadata], Score] | Callable[[str, str, Metadata], Awaitable[Score]]
 BatchScore = (
-    Callable[[str, list[str], Metadata], Sequence[float]]
-    | Callable[[str, list[str], Metadata], Awaitable[Sequence[float]]]
+    Callable[[str, list[str], Metadata], Sequence[Score]]
+    | Callable[[str, list[str], Metadata], Awaitable[Sequence[Score]]]
 )
-GroupScore = Callable[[str, list[str], Metadata], Sequence[float] | Awaitable[Sequence[float]]]
+GroupScore = Callable[[str, list[str], Metadata], Sequence[Score] | Awaitable[Sequence[Score]]]
 T = TypeVar("T")
 
 
@@ -60,11 +65,12 @@ def _group_scorer(fn: ItemScore | BatchScore, batch: bool) -> GroupScore:
         return cast(BatchScore, fn)
     score_one = cast(ItemScore, fn)
 
-    async def score_each_async(prompt: str, completions: list[str], metadata: Metadata) -> list[float]:
-        return list(await asyncio.gather(*(_settled(score_one(prompt, c, metadata)) for c in completions)))
+    async def score_each_async(prompt: str, completions: list[str], metadata: Metadata) -> list[Score]:
+        scores = await asyncio.gather(*(_settled(score_one(prompt, c, metadata)) for c in completions))
+        return [cast(Score, s) for s in scores]
 
-    def score_each(prompt: str, completions: list[str], metadata: Metadata) -> list[float]:
-        return [_returned(score_one(prompt, c, metadata)) for c in completions]
+    def score_each(prompt: str, completions: list[str], metadata: Metadata) -> list[Score]:
+        return [cast(Score, _returned(score_one(prompt, c, metadata))) for c in completions]
 
     return score_each_async if _is_async(fn) else score_each
 
@@ -81,17 +87,34 @@ def _credentials(
     return server_credentials(cert, key, client_ca)
 
 
+def _response(scores: Sequence[Score], weights: dict[str, float]) -> rpb.ScoreResponse:
+    """Floats as ``scores``; dicts as named ``components`` (every completion must name the same ones)."""
+    if not any(isinstance(s, dict) for s in scores):
+        return rpb.ScoreResponse(scores=[float(cast(float, s)) for s in scores])
+    dicts = [s for s in scores if isinstance(s, dict)]
+    names = list(dicts[0]) if dicts else []
+    if len(dicts) != len(scores) or any(set(d) != set(names) for d in dicts):
+        raise ValueError(
+            "return a dict with the same component names for every completion, or floats for all"
+        )
+    components = [rpb.RewardComponent(name=n, values=[float(d[n]) for d in dicts]) for n in names]
+    return rpb.ScoreResponse(components=components, weights=weights)
+
+
 class _Scorer(rpb_grpc.RewardServiceServicer):
-    def __init__(self, score: GroupScore, loop: asyncio.AbstractEventLoop | None) -> None:
+    def __init__(
+        self, score: GroupScore, loop: asyncio.AbstractEventLoop | None, weights: dict[str, float]
+    ) -> None:
         self.score = score
         self.loop = loop
+        self.weights = weights
 
-    async def _score_async(self, prompt: str, completions: list[str], metadata: Metadata) -> list[float]:
+    async def _score_async(self, prompt: str, completions: list[str], metadata: Metadata) -> list[Score]:
         return list(await _settled(self.score(prompt, completions, metadata)))
 
     def _score(
         self, prompt: str, completions: list[str], metadata: Metadata, timeout: float | None
-    ) -> list[float]:
+    ) -> list[Score]:
         if self.loop is not None:
             future = asyncio.run_coroutine_threadsafe(
                 self._score_async(prompt, completions, metadata), self.loop
@@ -105,16 +128,16 @@ class _Scorer(rpb_grpc.RewardServiceServicer):
             scores = self._score(
                 request.prompt, completions, struct_to_dict(request.metadata), context.time_remaining()
             )
-            values = [float(s) for s in scores]
+            response = _response(scores, self.weights)
         except Exception as exc:
             log.exception("reward function failed on prompt %s", request.prompt_id)
             context.abort(grpc.StatusCode.INTERNAL, f"reward function raised {type(exc).__name__}: {exc}")
-        if len(values) != len(completions):
+        if len(scores) != len(completions):
             context.abort(
                 grpc.StatusCode.INTERNAL,
-                f"reward function returned {len(values)} scores for {len(completions)} completions; return one each",
+                f"reward function returned {len(scores)} scores for {len(completions)} completions; return one each",
             )
-        return rpb.ScoreResponse(scores=values)
+        return response
 
 
 class RewardServer:
@@ -122,7 +145,8 @@ class RewardServer:
 
     With ``tls_cert`` and ``tls_key`` (paths, or PEM text) it serves TLS: register it with ``tls=True`` and
     the CA that signed ``tls_cert``. With ``tls_client_ca`` too, callers must present a certificate that CA
-    signed. Use as a context manager, or ``start()``/``stop()``.
+    signed. Use as a context manager, or ``start()``/``stop()``. ``weights`` weigh the named components
+    a function returns as dicts (missing: 1.0).
     """
 
     def __init__(
@@ -136,8 +160,10 @@ class RewardServer:
         tls_cert: PemSource | None = None,
         tls_key: PemSource | None = None,
         tls_client_ca: PemSource | None = None,
+        weights: dict[str, float] | None = None,
     ) -> None:
         self.fn = fn
+        self.weights = dict(weights or {})
         self.batch = batch
         self.host = host
         self.port = port
@@ -163,7 +189,7 @@ class RewardServer:
             futures.ThreadPoolExecutor(max_workers=self.max_workers, thread_name_prefix="reward")
         )
         rpb_grpc.add_RewardServiceServicer_to_server(
-            _Scorer(_group_scorer(self.fn, self.batch), self._loop), server
+            _Scorer(_group_scorer(self.fn, self.batch), self._loop, self.weights), server
         )
         address = f"{self.host}:{self.port}"
         if self._credentials is not None:

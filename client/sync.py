@@ -24,6 +24,7 @@ from policyopt.client._calls import (
     Response,
     Stream,
     Unary,
+    Upload,
     auth_metadata,
     docs_from,
 )
@@ -35,12 +36,14 @@ from policyopt.client.types import (
     AdapterVersion,
     CreateRunOptions,
     EndpointTLS,
+    EpisodeFinished,
     JSONValue,
     MethodCatalog,
     RewardEndpoint,
     RunEvent,
     RunInfo,
     RunStatus,
+    UploadedAdapter,
 )
 from policyopt.v1 import policyopt_pb2_grpc as pb_grpc
 
@@ -75,6 +78,11 @@ class Client(_calls.ClientBase[Blocking]):
     def _call(self, call: Unary[Blocking, Request, Response, Out]) -> Out:
         with translating(self._unreachable_hint):
             response = call.method(self._stub)(call.request, metadata=self._auth, timeout=self.timeout)
+        return call.convert(response)
+
+    def _upload(self, call: Upload[Blocking, Request, Response, Out]) -> Out:
+        with translating(self._unreachable_hint):
+            response = call.method(self._stub)(iter(call.requests), metadata=self._auth, timeout=self.timeout)
         return call.convert(response)
 
     def _stream(self, call: Stream[Blocking, Request, Response, Out]) -> Iterator[Out]:
@@ -125,16 +133,37 @@ class Client(_calls.ClientBase[Blocking]):
     def submit_trajectories(self, run_id: str, groups: Sequence[GroupLike]) -> list[str]:
         return self._call(_calls.submit_trajectories(run_id, groups))
 
+    @docs_from(_calls.finish_episode)
+    def finish_episode(
+        self,
+        run_id: str,
+        session_id: str,
+        reward: float,
+        task_key: str = "",
+        components: Mapping[str, float] | None = None,
+    ) -> EpisodeFinished:
+        return self._call(_calls.finish_episode(run_id, session_id, reward, task_key, components))
+
     # -- adapters --------------------------------------------------------------------------------
     @docs_from(_calls.list_adapters)
-    def list_adapters(self, run_id: str) -> list[AdapterVersion]:
-        return self._call(_calls.list_adapters(run_id))
+    def list_adapters(self, run_id: str, promoted_only: bool = False) -> list[AdapterVersion]:
+        return self._call(_calls.list_adapters(run_id, promoted_only))
 
     @docs_from(_calls.watch_adapters)
     def watch_adapters(
-        self, run_id: str, after_version: int = 0, timeout: float | None = None
+        self, run_id: str, after_version: int = 0, timeout: float | None = None, promoted_only: bool = False
     ) -> Iterator[AdapterVersion]:
-        return self._stream(_calls.watch_adapters(run_id, after_version, timeout))
+        return self._stream(_calls.watch_adapters(run_id, after_version, timeout, promoted_only))
+
+    @docs_from(_calls.add_eval_prompts)
+    def add_eval_prompts(
+        self, run_id: str, prompts: Sequence[str], metadata: Sequence[Mapping[str, JSONValue]] | None = None
+    ) -> int:
+        return self._call(_calls.add_eval_prompts(run_id, prompts, metadata))
+
+    @docs_from(_calls.upload_adapter)
+    def upload_adapter(self, directory: str | os.PathLike[str], base_model: str) -> UploadedAdapter:
+        return self._upload(_calls.upload_adapter(directory, base_model))
 
     @docs_from(_calls.pull_adapter)
     def pull_adapter(self, run_id: str, version: int | str, dest_dir: str | os.PathLike[str]) -> Path:
@@ -181,6 +210,16 @@ class RunHandle(_calls.RunHandleBase[Client]):
     def submit_trajectories(self, groups: Sequence[GroupLike]) -> list[str]:
         return self.client.submit_trajectories(self.run_id, groups)
 
+    @docs_from(_calls.finish_episode)
+    def finish_episode(
+        self,
+        session_id: str,
+        reward: float,
+        task_key: str = "",
+        components: Mapping[str, float] | None = None,
+    ) -> EpisodeFinished:
+        return self.client.finish_episode(self.run_id, session_id, reward, task_key, components)
+
     @docs_from(_calls.watch_run)
     def watch(self, after_event_id: str = "") -> Iterator[RunEvent]:
         return self.client.watch_run(self.run_id, after_event_id)
@@ -190,12 +229,18 @@ class RunHandle(_calls.RunHandleBase[Client]):
         return self.client.wait_for_version(self.run_id, version, timeout)
 
     @docs_from(_calls.list_adapters)
-    def list_adapters(self) -> list[AdapterVersion]:
-        return self.client.list_adapters(self.run_id)
+    def list_adapters(self, promoted_only: bool = False) -> list[AdapterVersion]:
+        return self.client.list_adapters(self.run_id, promoted_only)
 
     @docs_from(_calls.watch_adapters)
-    def watch_adapters(self, after_version: int = 0) -> Iterator[AdapterVersion]:
-        return self.client.watch_adapters(self.run_id, after_version)
+    def watch_adapters(self, after_version: int = 0, promoted_only: bool = False) -> Iterator[AdapterVersion]:
+        return self.client.watch_adapters(self.run_id, after_version, promoted_only=promoted_only)
+
+    @docs_from(_calls.add_eval_prompts)
+    def add_eval_prompts(
+        self, prompts: Sequence[str], metadata: Sequence[Mapping[str, JSONValue]] | None = None
+    ) -> int:
+        return self.client.add_eval_prompts(self.run_id, prompts, metadata)
 
     @docs_from(_calls.pull_adapter)
     def pull_adapter(self, version: int | str, dest_dir: str | os.PathLike[str]) -> Path:

@@ -6,7 +6,7 @@ Metadata values are JSON: numbers travel as doubles, and integral ones come back
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import TypedDict
@@ -29,6 +29,9 @@ class EventKind(StrEnum):
     ERROR = "error"
     WARNING = "warning"
     STATUS = "status"
+    EVAL = "eval"  # a version's held-out evaluation: metrics eval/mean, eval/mean_at_k, eval/pass_at_k, eval/prompts
+    PROMOTION = "promotion"  # a version became promoted
+    SAMPLE = "sample"  # a few sampled completions of a step (RunEvent.samples)
 
 
 class RunOptions(TypedDict, total=False):
@@ -51,6 +54,72 @@ class RunOptions(TypedDict, total=False):
     teacher_model: str
     teacher_endpoint: str
     teacher_coef: float
+    correctness_component: str  # the reward component the reward-hacking warning watches (default "correct")
+    sample_every: int  # a SAMPLE event with a few completions every this many steps (0: the server default)
+
+
+@dataclass(frozen=True)
+class Promotion:
+    """When a version becomes promoted, and when the run ends on its eval metric.
+
+    ``rule``: ``"beats_best"`` promotes a version whose eval mean exceeds the best promoted version's (the
+    base's while none is) by more than ``margin``; ``"threshold"`` one whose eval mean is ``>= threshold``;
+    ``"none"`` promotes nothing. ``stop_at_metric`` ends the run (COMPLETED) once an eval mean reaches it;
+    ``patience`` ends it after that many evaluations without a new best (0: never).
+    """
+
+    rule: str = "beats_best"
+    margin: float = 0.0
+    threshold: float = 0.0
+    stop_at_metric: float | None = None
+    patience: int = 0
+
+
+@dataclass(frozen=True)
+class Retention:
+    """Unpromoted versions and trainer states a run keeps (0: all); promoted and newest always stay."""
+
+    keep_versions: int = 0
+    keep_trainer_states: int = 0
+
+
+class EvalOptions(TypedDict, total=False):
+    """``create_run``'s held-out evaluation, promotion, warm start and retention options.
+
+    ``eval_prompts`` (with ``eval_metadata``, one mapping per prompt, for the reward function) are scored
+    for version 0 and every ``eval_every`` versions (default 1), ``eval_samples`` completions each (k of
+    mean@k and pass@k; default 1) at ``eval_temperature`` (default 0: greedy), with ``eval_reward_endpoint``
+    (default: the run's). A completion with reward ``>= success_threshold`` (default 1.0) is a success.
+    ``init_adapter`` is ``"RUN@vN"`` (a fork) or ``"upload:ID"`` (``upload_adapter``).
+    """
+
+    eval_prompts: Sequence[str]
+    eval_metadata: Sequence[Mapping[str, JSONValue]]
+    eval_every: int
+    eval_samples: int
+    eval_temperature: float
+    eval_reward_endpoint: str
+    success_threshold: float
+    promotion: Promotion
+    init_adapter: str
+    retention: Retention
+
+
+@dataclass(frozen=True)
+class UploadedAdapter:
+    """An adapter ``upload_adapter`` stored; name it in ``create_run(init_adapter=info.init_adapter)``."""
+
+    upload_id: str
+    base_model: str
+    rank: int
+    target_modules: tuple[str, ...]
+    files: dict[str, str] = field(default_factory=dict)
+    alpha: int = 0
+    """The adapter's ``lora_alpha``: pass it as ``create_run(lora_alpha=...)``."""
+
+    @property
+    def init_adapter(self) -> str:
+        return f"upload:{self.upload_id}"
 
 
 class EndpointTLS(TypedDict, total=False):
@@ -62,7 +131,7 @@ class EndpointTLS(TypedDict, total=False):
     tls_ca: str | bytes | os.PathLike[str] | None
 
 
-class CreateRunOptions(RunOptions, total=False):
+class CreateRunOptions(RunOptions, EvalOptions, total=False):
     """``create_run``'s keyword arguments: the method and its reward endpoint, then any ``RunOptions``.
 
     ``method`` is a preset name (default ``"grpo"``; ``list_methods()`` shows them), ``reward_side`` and
@@ -121,6 +190,21 @@ class RunInfo:
     created_at: float
     error: str
     resolved_method: MethodSettings = field(default_factory=_no_method)  # pinned at CreateRun; empty if older
+    init_adapter: str = ""  # version 0's origin: "RUN@vN" or "upload:ID"; empty: a fresh LoRA
+    eval_prompt_count: int = 0  # held-out prompts the run evaluates on
+    promoted_version: int = -1  # newest promoted version; -1: none yet
+    correctness_component: str = ""  # the reward component the reward-hacking warning watches
+    sample_every: int = 0  # a SAMPLE event every this many steps; 0: the server's POLICYOPT_SAMPLE_EVERY
+
+
+@dataclass(frozen=True)
+class CompletionSample:
+    """One sampled completion kept by a SAMPLE event: what the model wrote and how it was scored."""
+
+    prompt: str
+    completion: str
+    reward: float
+    components: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -133,6 +217,21 @@ class RunEvent:
     version: int
     metrics: dict[str, float]
     timestamp: float
+    samples: tuple[CompletionSample, ...] = ()
+
+
+@dataclass(frozen=True)
+class EpisodeFinished:
+    """What ``finish_episode`` made of a proxy session.
+
+    ``trajectories`` is more than 1 when the agent rewrote its history (each rewrite starts a trajectory);
+    ``group_id`` is set when this episode completed its task key's group (then ``pending_in_group`` is 0).
+    """
+
+    trajectories: int
+    model_tokens: int
+    pending_in_group: int
+    group_id: str = ""
 
 
 @dataclass(frozen=True)
@@ -146,6 +245,9 @@ class AdapterVersion:
     files: dict[str, str] = field(default_factory=dict)  # file name -> sha256 hex
     created_at: float = 0.0
     resolved_method: MethodSettings | None = None  # the full method that trained it; None if unpinned
+    promoted: bool = False  # by the run's promotion rule; serving-sync --promoted-only follows these
+    eval: dict[str, float] = field(default_factory=dict)  # held-out evaluation: eval/mean, eval/pass_at_k
+    parent: str = ""  # version 0's origin: "RUN@vN" (a fork) or "upload:SHA256"
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,11 @@ _EVENT_ID = re.compile(r"([0-9]{1,20})(?:-([0-9]{1,20}))?")
 _VERSION = re.compile(r"[0-9]{1,19}")
 _ENDPOINT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 ENDPOINT_NAME_RULE = "1-64 letters, digits, '.', '_' or '-', starting with a letter or digit"
+# Reward component names become metric keys (reward/component/NAME) and Prometheus label values.
+COMPONENT_NAME_RULE = ENDPOINT_NAME_RULE
+# An agent's session id (policyopt proxy): part of a Redis key, so printable and bounded.
+_SESSION_ID = re.compile(r"[A-Za-z0-9._:@-]{1,128}")
+SESSION_ID_RULE = "1-128 letters, digits, '.', '_', ':', '@' or '-'"
 
 
 def quote(value: object, limit: int = QUOTE_LIMIT) -> str:
@@ -40,6 +45,14 @@ def is_run_id(text: str) -> bool:
 
 def is_endpoint_name(text: str) -> bool:
     return _ENDPOINT_NAME.fullmatch(text) is not None
+
+
+def is_component_name(text: str) -> bool:
+    return _ENDPOINT_NAME.fullmatch(text) is not None
+
+
+def is_session_id(text: str) -> bool:
+    return _SESSION_ID.fullmatch(text) is not None
 
 
 def is_plain_file_name(name: str) -> bool:
@@ -72,11 +85,11 @@ def event_id(text: str) -> str:
 
 
 def version(text: str) -> int | str:
-    """``"latest"`` (or empty) stays a string; anything else must be a positive integer."""
+    """``"latest"`` (or empty) stays a string; anything else must be an integer >= 0 (0: a warm start's adapter)."""
     if text in ("", "latest"):
         return "latest"
-    if _VERSION.fullmatch(text) is None or not 1 <= int(text) <= MAX_INT64:
-        raise InvalidArgument(f"version must be 'latest' or a positive integer, got {quote(text)}")
+    if _VERSION.fullmatch(text) is None or not 0 <= int(text) <= MAX_INT64:
+        raise InvalidArgument(f"version must be 'latest' or a non-negative integer, got {quote(text)}")
     return int(text)
 
 
@@ -88,7 +101,11 @@ def endpoint_name(text: str) -> str:
 
 
 __all__ = [
+    "COMPONENT_NAME_RULE",
     "ENDPOINT_NAME_RULE",
+    "SESSION_ID_RULE",
+    "is_component_name",
+    "is_session_id",
     "MAX_INT64",
     "endpoint_name",
     "event_id",

@@ -79,6 +79,11 @@ TRAINER_REWARD_MEAN = Gauge(
     "policyopt_trainer_reward_mean", "Mean raw reward of the groups of the run's last committed step.",
     ["run_id"],
 )  # fmt: skip
+TRAINER_REWARD_COMPONENT = Gauge(
+    "policyopt_trainer_reward_component_mean",
+    "Mean of a named reward component over the run's last committed step (reward/component/NAME).",
+    ["run_id", "component"],
+)  # fmt: skip
 TRAINER_OPTIMIZER_STEPS = Counter(
     "policyopt_trainer_optimizer_steps", "Optimizer steps taken for the run (committed train steps).",
     ["run_id"],
@@ -105,6 +110,7 @@ PER_RUN_METRICS: tuple[Counter | Gauge, ...] = (
 
 _lock = threading.Lock()
 _runs_with_series: set[str] = set()
+_run_components: dict[str, set[str]] = {}  # run -> component names with a TRAINER_REWARD_COMPONENT series
 _role = "process"
 
 
@@ -138,6 +144,12 @@ def record_train_step(run_id: str, step_metrics: dict[str, float]) -> None:
         TRAINER_STEP_SECONDS.labels(run_id).set(step_metrics["trainer/step_seconds"])
     if "reward/mean" in step_metrics:
         TRAINER_REWARD_MEAN.labels(run_id).set(step_metrics["reward/mean"])
+    for key, value in step_metrics.items():
+        if key.startswith("reward/component/"):
+            component = key.removeprefix("reward/component/")
+            TRAINER_REWARD_COMPONENT.labels(run_id, component).set(value)
+            with _lock:
+                _run_components.setdefault(run_id, set()).add(component)
 
 
 def _track(run_id: str) -> None:
@@ -149,6 +161,10 @@ def forget_run(run_id: str) -> None:
     """Remove the run's series from every per-run metric (the run ended or went inactive)."""
     with _lock:
         _runs_with_series.discard(run_id)
+        components = _run_components.pop(run_id, set())
+    for component in components:
+        with contextlib.suppress(KeyError):
+            TRAINER_REWARD_COMPONENT.remove(run_id, component)
     for metric in PER_RUN_METRICS:
         with contextlib.suppress(KeyError):  # no series of the run in this metric
             metric.remove(run_id)

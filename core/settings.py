@@ -33,6 +33,9 @@ class Settings:
     """Root of the adapter store; empty means ``data_dir/adapters``."""
     device: str = "auto"
     """Training device: auto (cuda with bf16 when present, else cpu), cpu, cuda, cuda:N."""
+    dtype: str = "auto"
+    """Model dtype of the trainer and the transformers rollout engine: auto (bf16 on a GPU that has it and
+    on a CPU with AMX/AVX512-BF16, else fp32), float32, bfloat16 or float16."""
     torch_threads: int = 0
     """Threads per worker process; 0 picks cores // number of local torch processes."""
     telemetry: str = "off"
@@ -102,6 +105,11 @@ class Settings:
     """Largest ``group_size * prompts_per_step``: the sequences one policy update trains on."""
     max_completion_tokens: int = 4096
     """Largest ``max_new_tokens``; prompt and completion must also fit the base model's context."""
+    max_eval_prompts: int = 256
+    """Held-out eval prompts per run (CreateRun ``eval.prompts`` plus AddEvalPrompts); each is sampled
+    ``eval.samples`` times per evaluation, so this bounds what one evaluation costs the rollout workers."""
+    max_upload_mb: int = 512
+    """Largest adapter UploadAdapter accepts (all files together)."""
     # -- observability (README "Metrics and dashboard") ----------------------------------------------
     http_port: int = 8080
     """HTTP port of this process: ``/metrics`` (Prometheus) on every process, and the run dashboard at ``/``
@@ -111,6 +119,13 @@ class Settings:
     tensorboard: bool = False
     """The trainer also writes each run's step metrics as TensorBoard event files under
     ``data_dir/tensorboard/RUN``."""
+    sample_every: int = 10
+    """The trainer keeps a few of a step's completions as a SAMPLE event every this many steps, for runs
+    that set no ``sample_every`` of their own; 0: none."""
+    # -- agents (README "Agents") --------------------------------------------------------------------
+    episode_ttl_s: int = 3600
+    """How long ``policyopt proxy`` keeps a session's recorded calls (and a task key's waiting episodes)
+    after the last one; an agent that never calls FinishEpisode leaves nothing behind longer."""
 
     @property
     def adapter_root(self) -> Path:
@@ -128,6 +143,7 @@ _ENV = {
     "POLICYOPT_DATA_DIR": "data_dir",
     "POLICYOPT_ADAPTER_STORE": "adapter_store",
     "POLICYOPT_DEVICE": "device",
+    "POLICYOPT_DTYPE": "dtype",
     "POLICYOPT_TORCH_THREADS": "torch_threads",
     "POLICYOPT_TELEMETRY": "telemetry",
     "OTEL_EXPORTER_OTLP_ENDPOINT": "otlp_endpoint",
@@ -160,9 +176,13 @@ _ENV = {
     "POLICYOPT_MAX_PROMPTS_PER_STEP": "max_prompts_per_step",
     "POLICYOPT_MAX_SEQUENCES_PER_STEP": "max_sequences_per_step",
     "POLICYOPT_MAX_COMPLETION_TOKENS": "max_completion_tokens",
+    "POLICYOPT_MAX_EVAL_PROMPTS": "max_eval_prompts",
+    "POLICYOPT_MAX_UPLOAD_MB": "max_upload_mb",
     "POLICYOPT_HTTP_PORT": "http_port",
     "POLICYOPT_HTTP_HOST": "http_host",
     "POLICYOPT_TENSORBOARD": "tensorboard",
+    "POLICYOPT_SAMPLE_EVERY": "sample_every",
+    "POLICYOPT_EPISODE_TTL_S": "episode_ttl_s",
 }
 
 

@@ -112,6 +112,10 @@ class RetentionConfig:
     keep_trainer_states: int = 0
 
 
+MAX_REWARD_COMPONENTS = 16
+"""Named reward components one score may carry (each becomes a metric series of the run)."""
+
+
 @dataclass(frozen=True)
 class CompletionSample:
     """One sampled completion kept for reading (SAMPLE events)."""

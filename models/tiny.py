@@ -9,10 +9,25 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
+# ChatML, with tools the Hermes way Qwen2.5 and SmolLM use: the tool schemas in a system turn, calls as
+# <tool_call>{"name": ..., "arguments": {...}}</tool_call> in the assistant's text (``policyopt proxy`` parses
+# them), results as ``tool`` turns. Without tools and tool calls it renders plain ChatML.
 CHAT_TEMPLATE = (
+    "{% if tools %}{{ '<|im_start|>system\n' }}"
+    "{% if messages[0]['role'] == 'system' %}{{ messages[0]['content'] + '\n\n' }}{% endif %}"
+    "{{ '# Tools\n<tools>\n' }}{% for tool in tools %}{{ tool | tojson + '\n' }}{% endfor %}"
+    '{{ \'</tools>\nCall a tool with <tool_call>{"name": NAME, "arguments": {...}}</tool_call>\''
+    " + '<|im_end|>\n' }}{% endif %}"
     "{% for message in messages %}"
-    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
-    "{% endfor %}"
+    "{% if tools and loop.first and message['role'] == 'system' %}"
+    "{% elif message['role'] == 'assistant' and message.get('tool_calls') %}"
+    "{{ '<|im_start|>assistant\n' + (message['content'] or '') }}"
+    "{% for call in message['tool_calls'] %}"
+    "{{ '<tool_call>{\"name\": ' + call['function']['name'] | tojson + ', \"arguments\": '"
+    " + call['function']['arguments'] | tojson + '}</tool_call>' }}"
+    "{% endfor %}{{ '<|im_end|>\n' }}"
+    "{% else %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
+    "{% endif %}{% endfor %}"
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
 SPECIAL_TOKENS = ["<pad>", "<s>", "<|im_start|>", "<|im_end|>"]

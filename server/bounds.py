@@ -11,11 +11,18 @@ import math
 from collections.abc import Mapping
 
 from policyopt.core.errors import InvalidArgument
-from policyopt.core.identifiers import ENDPOINT_NAME_RULE, is_endpoint_name, quote
+from policyopt.core.identifiers import (
+    COMPONENT_NAME_RULE,
+    ENDPOINT_NAME_RULE,
+    is_component_name,
+    is_endpoint_name,
+    quote,
+)
 from policyopt.core.settings import Settings
 from policyopt.core.types import RunConfig
 
 ENGINES = ("transformers", "vllm")
+PROMOTION_RULES = ("none", "beats_best", "threshold")
 
 MAX_LORA_RANK = 256
 """LoRA rank: beyond 256 an adapter approaches full fine-tuning in memory and stops being an adapter."""
@@ -35,6 +42,8 @@ MAX_EXTRA_ROUNDS = 16
 """``reward_side.group_filter.max_extra_rounds``: refill rounds of dynamic sampling per batch."""
 MAX_TARGET_MODULES = 64
 """Names in ``lora.target_modules``; a model has a few kinds of layer, each named once."""
+MAX_SAMPLE_EVERY = 100_000
+"""``sample_every``: steps between SAMPLE events; 0 takes the server's POLICYOPT_SAMPLE_EVERY."""
 MIN_GROUP_SIZE = 2
 """Completions per prompt are compared against each other, so a group needs two."""
 
@@ -102,6 +111,10 @@ def validate_run_config(config: RunConfig, settings: Settings) -> None:
         (config.engine in ENGINES, f"engine must be one of {list(ENGINES)}, got {quote(config.engine)}"),
         (not config.reward_endpoint or is_endpoint_name(config.reward_endpoint),
          f"reward_endpoint {quote(config.reward_endpoint)} is not an endpoint name: {ENDPOINT_NAME_RULE}"),
+        _in_range("sample_every", config.sample_every, 0, MAX_SAMPLE_EVERY),
+        (not config.correctness_component or is_component_name(config.correctness_component),
+         f"correctness_component {quote(config.correctness_component)} is not a component name "
+         f"({COMPONENT_NAME_RULE}); give the name of a reward component your endpoint returns, e.g. correct"),
     ]  # fmt: skip
     problems = [message for ok, message in checks if not ok]
     if problems:
@@ -122,6 +135,45 @@ def validate_method_counts(counts: Mapping[str, int], sequences_per_step: int) -
             f"method.trajectory_side.mini_batches is {mini_batches} but a step has only {sequences_per_step} "
             "sequences (group_size * prompts_per_step); use at most that many mini-batches"
         )
+    if problems:
+        raise InvalidArgument("; ".join(problems))
+
+
+MAX_EVAL_EVERY = 1_000_000
+"""``eval.every``: versions between evaluations."""
+MAX_PATIENCE = 1000
+"""``promotion.patience``: evaluations without a new best before the run ends."""
+MAX_RETENTION = 1_000_000
+"""``retention.keep_versions`` / ``keep_trainer_states``."""
+
+
+def validate_evaluation(config: RunConfig, eval_prompts: int, settings: Settings) -> None:
+    """``eval``, ``promotion`` and ``retention`` of a run with ``eval_prompts`` held-out prompts."""
+    spec, rule, keep = config.eval, config.promotion, config.retention
+    finite = all(math.isfinite(x) for x in (spec.temperature, spec.success_threshold, rule.margin,
+                                            rule.threshold, rule.stop_at_metric or 0.0))  # fmt: skip
+    checks = [
+        (finite, "eval.temperature, eval.success_threshold and the promotion numbers must be finite"),
+        (eval_prompts <= settings.max_eval_prompts,
+         f"eval.prompts has {eval_prompts} prompts; a run holds at most {settings.max_eval_prompts} (the "
+         "server's POLICYOPT_MAX_EVAL_PROMPTS); evaluate on a smaller held-out set"),
+        _in_range("eval.every", spec.every, 0, MAX_EVAL_EVERY),
+        _in_range("eval.samples", spec.samples, 1, settings.max_group_size, "POLICYOPT_MAX_GROUP_SIZE"),
+        _in_range("eval.temperature", spec.temperature, 0, MAX_TEMPERATURE),
+        (not spec.reward_endpoint or is_endpoint_name(spec.reward_endpoint),
+         f"eval.reward_endpoint {quote(spec.reward_endpoint)} is not an endpoint name: {ENDPOINT_NAME_RULE}"),
+        (rule.rule in PROMOTION_RULES,
+         f"promotion.rule must be one of {list(PROMOTION_RULES)}, got {quote(rule.rule)}"),
+        (rule.margin >= 0, f"promotion.margin must be >= 0, got {rule.margin}"),
+        _in_range("promotion.patience", rule.patience, 0, MAX_PATIENCE),
+        (not eval_prompts or bool(spec.reward_endpoint or config.reward_endpoint),
+         "eval prompts are scored by a reward endpoint: set eval.reward_endpoint (or the run's reward_endpoint)"),
+        (spec.every > 0 or (rule.rule == "none" and rule.stop_at_metric is None and not rule.patience),
+         "promotion needs evaluations: set eval.prompts and eval.every (or leave promotion unset)"),
+        _in_range("retention.keep_versions", keep.keep_versions, 0, MAX_RETENTION),
+        _in_range("retention.keep_trainer_states", keep.keep_trainer_states, 0, MAX_RETENTION),
+    ]  # fmt: skip
+    problems = [message for ok, message in checks if not ok]
     if problems:
         raise InvalidArgument("; ".join(problems))
 

@@ -2,23 +2,20 @@
 
 Unset optional request fields take the ``RunConfig`` defaults. ``google.protobuf.Struct`` numbers are
 doubles; integral ones come back as ``int`` so ``{"answer": 5}`` survives the round trip. A request's
-Structs must hold JSON: a NaN or infinite number, or a value with nothing set, is INVALID_ARGUMENT naming
-where it sits (``prompts[0].metadata["score"][2]``).
+Structs must hold JSON (``request_structs.struct_from_request``). Evaluation, promotion and retention
+settings and eval prompts have their own module, ``convert_eval``.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields, replace
 from typing import Protocol, TypeVar
 
-from google.protobuf import struct_pb2
 from google.protobuf.message import Message
 
-from policyopt.client.structs import dict_to_struct, struct_to_dict
+from policyopt.client.structs import dict_to_struct
 from policyopt.core.errors import InvalidArgument
-from policyopt.core.identifiers import quote
 from policyopt.core.types import (
     AdapterManifest,
     EventKind,
@@ -34,53 +31,20 @@ from policyopt.core.types import (
     Trajectory,
     TrajectoryGroup,
 )
+from policyopt.server.convert_eval import (
+    eval_config_from_request,
+    promotion_config_from_proto,
+    retention_config_from_proto,
+)
+from policyopt.server.request_structs import struct_from_request
 from policyopt.v1 import policyopt_pb2 as pb
 
 _DEFAULTS = {f.name: f.default for f in fields(RunConfig) if f.name != "base_model"}
-MAX_STRUCT_KEY_CHARS = 4096
 MAX_METHOD_KEY_CHARS = 128  # method fields are short names; the library echoes a key it does not know
 _OPTIONAL_FIELDS = (
     "group_size", "prompts_per_step", "max_new_tokens", "temperature", "top_p",
     "learning_rate", "max_steps", "max_staleness", "seed",
 )  # fmt: skip
-
-
-def _not_json_at(struct: struct_pb2.Struct, where: str, max_key: int) -> tuple[str, str] | None:
-    """(place, problem) of the first value JSON cannot hold (a non-finite number, an unset value) or
-    the first key longer than ``max_key`` characters."""
-    pending: list[tuple[str, struct_pb2.Struct | struct_pb2.ListValue]] = [(where, struct)]
-    while pending:  # a loop, not recursion: nesting depth is the caller's choice
-        parent, container = pending.pop()
-        if isinstance(container, struct_pb2.Struct):
-            items = [(f"{parent}[{quote(k, 32)}]", k, v) for k, v in container.fields.items()]
-        else:
-            items = [(f"{parent}[{i}]", "", v) for i, v in enumerate(container.values)]
-        for place, key, value in items:
-            kind = value.WhichOneof("kind")
-            if len(key) > max_key:
-                return place, f"is a key of {len(key)} characters; keys here are at most {max_key}"
-            if kind is None:
-                return place, "has no value set (use null_value for null)"
-            if kind == "number_value" and not math.isfinite(value.number_value):
-                return place, f"is {value.number_value}; numbers must be finite"
-            if kind == "struct_value":
-                pending.append((place, value.struct_value))
-            elif kind == "list_value":
-                pending.append((place, value.list_value))
-    return None
-
-
-def struct_from_request(
-    struct: struct_pb2.Struct, where: str, max_key: int = MAX_STRUCT_KEY_CHARS
-) -> dict[str, JSONValue]:
-    """A request's Struct as a dict; InvalidArgument names ``where`` (the field) and the bad value."""
-    found = _not_json_at(struct, where, max_key)
-    if found is not None:
-        raise InvalidArgument(f"{found[0]} {found[1]}; Structs carry JSON values only")
-    try:
-        return struct_to_dict(struct)
-    except (TypeError, ValueError) as exc:
-        raise InvalidArgument(f"{where} is not JSON ({quote(str(exc))})") from exc
 
 
 def method_from_proto(spec: pb.MethodSpec) -> MethodChoice:
@@ -109,6 +73,10 @@ def _resolved_to_proto(method: ResolvedMethod | None) -> pb.MethodSpec | None:
 def run_config_from_request(request: pb.CreateRunRequest) -> RunConfig:
     """The run's configuration; fields the caller left unset take the defaults."""
     values: dict[str, object] = {n: getattr(request, n) for n in _OPTIONAL_FIELDS if request.HasField(n)}
+    if request.HasField("sample_every"):
+        values["sample_every"] = request.sample_every
+    if request.correctness_component:
+        values["correctness_component"] = request.correctness_component
     lora = request.lora
     for name in ("rank", "alpha", "dropout"):
         if lora.HasField(name):
@@ -124,6 +92,10 @@ def run_config_from_request(request: pb.CreateRunRequest) -> RunConfig:
         method=method_from_proto(request.method),
         engine=request.engine or str(_DEFAULTS["engine"]),
         teacher=teacher,
+        eval=eval_config_from_request(request),
+        promotion=promotion_config_from_proto(request.promotion),
+        retention=retention_config_from_proto(request.retention),
+        init_adapter=request.init_adapter,
         **values,  # type: ignore[arg-type]
     )
 

@@ -18,13 +18,13 @@ handler's behavior instead of acting in ``intercept_service`` itself.
 from __future__ import annotations
 
 import contextvars
-import hmac
 import time
 from collections.abc import Callable, Iterator, Sequence
 
 import grpc
 from opentelemetry import propagate, trace
 
+from policyopt.core.api_keys import DEFAULT_TENANT, api_key_from, tenant_for_key
 from policyopt.core.errors import InvalidArgument, Unauthenticated
 from policyopt.core.metrics import RPC_DURATION, RPC_REQUESTS
 from policyopt.core.telemetry import tracer
@@ -34,7 +34,6 @@ Continuation = Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler | None]
 # (behavior, response_streaming) -> wrapped behavior
 Wrapper = Callable[[Callable[..., object], bool], Callable[..., object]]
 
-DEFAULT_TENANT = "default"
 HEALTH_METHOD_PREFIX = "/grpc.health.v1."
 REFLECTION_METHOD_PREFIX = "/grpc.reflection."
 
@@ -75,14 +74,6 @@ def _metadata(details: grpc.HandlerCallDetails) -> dict[str, str]:
     return {k.lower(): v for k, v in (details.invocation_metadata or ()) if isinstance(v, str)}
 
 
-def api_key_from(metadata: dict[str, str]) -> str:
-    """The API key from ``x-api-key`` or ``authorization: Bearer KEY``; empty when absent."""
-    if metadata.get("x-api-key"):
-        return metadata["x-api-key"].strip()
-    scheme, _, token = metadata.get("authorization", "").partition(" ")
-    return token.strip() if scheme.lower() == "bearer" else ""
-
-
 def _run_in(
     ctx: contextvars.Context, behavior: Callable[..., object], streaming: bool
 ) -> Callable[..., object]:
@@ -121,11 +112,7 @@ class AuthInterceptor(grpc.ServerInterceptor):
         )
 
     def tenant_for(self, key: str) -> str | None:
-        found = None
-        for known, tenant in self._api_keys.items():
-            if hmac.compare_digest(known.encode(), key.encode()):
-                found = tenant
-        return found
+        return tenant_for_key(self._api_keys, key)
 
     def _check(self, details: grpc.HandlerCallDetails) -> str:
         if not self._api_keys:

@@ -9,21 +9,23 @@ from __future__ import annotations
 import threading
 import uuid
 from collections.abc import Iterator
-from dataclasses import replace
+from dataclasses import asdict, replace
+from pathlib import Path
 
 import grpc
 import redis
 
 from policyopt.core import identifiers
-from policyopt.core.errors import FailedPrecondition, InvalidArgument, ResourceExhausted
+from policyopt.core.errors import FailedPrecondition, InvalidArgument, PolicyOptError, ResourceExhausted
 from policyopt.core.identifiers import quote
 from policyopt.core.outbound import OutboundPolicy, parse_base_url
 from policyopt.core.settings import Settings
 from policyopt.core.telemetry import inject_context
 from policyopt.core.types import PromptTask, RewardEndpointInfo, Run, RunConfig, RunStatus
 from policyopt.models import ModelCatalog
-from policyopt.server import convert, methods, streams
+from policyopt.server import convert, convert_eval, episodes, evaluation, methods, streams, warm_start
 from policyopt.server.bounds import (
+    validate_evaluation,
     validate_method_counts,
     validate_reward_timeout,
     validate_run_config,
@@ -32,6 +34,8 @@ from policyopt.server.interceptors import current_tenant
 from policyopt.server.lora_targets import LoraTargetChecker
 from policyopt.server.validation import PromptLengthChecker, validate_teacher, validate_trajectory_groups
 from policyopt.state import AdapterStore, LocalAdapterStore, RunStore, WorkQueue
+from policyopt.state.episodes import EpisodeStore
+from policyopt.state.evals import EvalStore
 from policyopt.v1 import policyopt_pb2 as pb
 from policyopt.v1 import policyopt_pb2_grpc as pb_grpc
 
@@ -49,6 +53,8 @@ class PolicyOptimizerServicer(pb_grpc.PolicyOptimizerServicer):
         self._creating = threading.Lock()  # active-run count and creation, one CreateRun at a time
         self.outbound = OutboundPolicy.from_settings(settings)  # a bad allowlist fails at startup
         self.poll_ms = poll_ms
+        self.evals = EvalStore(r)
+        self.uploads_root = Path(settings.data_dir) / "uploads"
 
     def _run(self, run_id: str) -> Run:
         """The caller's run; a malformed id is NOT_FOUND like an unknown one (see ``core.identifiers``)."""
@@ -90,9 +96,45 @@ class PolicyOptimizerServicer(pb_grpc.PolicyOptimizerServicer):
         self._check_outbound(config)  # the reward endpoint must exist, and both endpoints be allowed
         self.lengths.check_completion(config)  # the model must resolve, its tokenizer load, the run fit
         self.lora_targets.check(config.base_model, config.lora_target_modules)
+        eval_prompts = convert_eval.eval_prompts_from_proto(request.eval.prompts, "eval.prompts")
+        validate_evaluation(config, len(eval_prompts), self.settings)
+        evaluation.check_eval_prompts(eval_prompts, config, self.lengths.check)
+        source = self._init_source(config)
         with self._creating:
             self._check_active_runs(current_tenant())
-            return convert.run_to_proto(self.store.create_run(current_tenant(), config))
+            run_id = self.store.new_run_id()
+            version_zero = (
+                warm_start.publish_version_zero(run_id, config, source, self.adapters) if source else None
+            )  # the files first: the run, its version 0, eval prompts and baseline eval are one MULTI
+            run = self.store.create_run(
+                current_tenant(), config, run_id=run_id, version_zero=version_zero, eval_prompts=eval_prompts
+            )
+        return self._run_proto(run)
+
+    def _init_source(self, config: RunConfig) -> warm_start.InitSource | None:
+        """``init_adapter``'s files, checked against the new run's base model and LoRA; None when unset."""
+        if not config.init_adapter:
+            return None
+        source = warm_start.resolve_init_adapter(
+            config.init_adapter, current_tenant(), self.uploads_root, self.store, self.adapters
+        )
+        warm_start.check_fits(source, config, self._same_model)
+        return source
+
+    def _same_model(self, mine: str, theirs: str) -> bool:
+        if mine == theirs:
+            return True
+        try:
+            return self.lengths.model_dir(mine) == self.lengths.model_dir(theirs)
+        except PolicyOptError:  # a model this server cannot name is not the run's
+            return False
+
+    def _run_proto(self, run: Run) -> pb.Run:
+        """The run with its eval prompt count and newest promoted version."""
+        message = convert.run_to_proto(run)
+        message.eval_prompt_count = self.evals.prompt_count(run.run_id)
+        message.promoted_version = self.evals.promotion_state(run.run_id).promoted
+        return message
 
     def _check_active_runs(self, tenant: str) -> None:
         running = len(self.store.running_run_ids(tenant))
@@ -111,9 +153,12 @@ class PolicyOptimizerServicer(pb_grpc.PolicyOptimizerServicer):
         if config.teacher.endpoint:
             _, host, port = parse_base_url(config.teacher.endpoint)
             self.outbound.check(host, port, "teacher.endpoint")
+        if config.eval.reward_endpoint:
+            endpoint = self.store.get_endpoint(current_tenant(), config.eval.reward_endpoint)
+            self.outbound.check_address(endpoint.address, f"eval.reward_endpoint {quote(endpoint.name)}")
 
     def GetRun(self, request: pb.GetRunRequest, context: grpc.ServicerContext) -> pb.Run:
-        return convert.run_to_proto(self._run(request.run_id))
+        return self._run_proto(self._run(request.run_id))
 
     def ListRuns(self, request: pb.ListRunsRequest, context: grpc.ServicerContext) -> pb.ListRunsResponse:
         runs = self.store.list_runs(current_tenant())
@@ -220,6 +265,23 @@ class PolicyOptimizerServicer(pb_grpc.PolicyOptimizerServicer):
         self.queue.enqueue_groups(run.run_id, groups)
         return pb.SubmitTrajectoriesResponse(group_ids=[g.group_id for g in groups])
 
+    def FinishEpisode(
+        self, request: pb.FinishEpisodeRequest, context: grpc.ServicerContext
+    ) -> pb.FinishEpisodeResponse:
+        """A session recorded by ``policyopt proxy`` becomes an episode of its task key (``server/episodes.py``)."""
+        run = self._run(request.run_id)
+        outcome = episodes.finish_episode(
+            EpisodeStore(self.store.r, self.settings.episode_ttl_s),
+            self.queue,
+            run,
+            episodes.EpisodeRequest(
+                request.session_id, request.reward, request.task_key, dict(request.components)
+            ),
+            self.lengths.limits(run.config.base_model),
+            self.settings.max_queued_prompts,
+        )
+        return pb.FinishEpisodeResponse(**asdict(outcome))
+
     def _check_group_counts(self, run: Run, sizes: list[int]) -> None:
         """Group sizes and the run's queue of groups, before any trajectory is looked at."""
         largest = max(sizes, default=0)
@@ -242,6 +304,8 @@ class PolicyOptimizerServicer(pb_grpc.PolicyOptimizerServicer):
     ) -> pb.ListAdaptersResponse:
         self._run(request.run_id)
         versions = self.store.list_versions(request.run_id)
+        if request.promoted_only:
+            versions = [m for m in versions if m.promoted]
         return pb.ListAdaptersResponse(versions=[convert.manifest_to_proto(m) for m in versions])
 
     def PullAdapter(
@@ -261,11 +325,47 @@ class PolicyOptimizerServicer(pb_grpc.PolicyOptimizerServicer):
         self, request: pb.WatchAdaptersRequest, context: grpc.ServicerContext
     ) -> Iterator[pb.AdapterVersion]:
         self._run(request.run_id)
-        versions = streams.new_versions(
-            self.store, request.run_id, request.after_version, context.is_active, self.poll_ms
-        )
+        if request.promoted_only:
+            versions = streams.promoted_versions(
+                self.evals, self.store, request.run_id, request.after_version, context.is_active, self.poll_ms
+            )
+        else:
+            versions = streams.new_versions(
+                self.store, request.run_id, request.after_version, context.is_active, self.poll_ms
+            )
         for manifest in versions:
             yield convert.manifest_to_proto(manifest)
+
+    # -- evaluation and warm starts ------------------------------------------------------------------------
+    def AddEvalPrompts(
+        self, request: pb.AddEvalPromptsRequest, context: grpc.ServicerContext
+    ) -> pb.AddEvalPromptsResponse:
+        run = self._run(request.run_id)
+        evaluation.check_accepts_eval_prompts(run, len(request.prompts))
+        prompts = convert_eval.eval_prompts_from_proto(request.prompts, "prompts")
+        evaluation.check_eval_prompts(prompts, run.config, self.lengths.check)
+        count = self.evals.add_prompts(run.run_id, prompts, self.settings.max_eval_prompts)
+        evaluation.queue_missing_baseline(self.evals, run)
+        return pb.AddEvalPromptsResponse(eval_prompt_count=count)
+
+    def UploadAdapter(
+        self, request_iterator: Iterator[pb.UploadAdapterChunk], context: grpc.ServicerContext
+    ) -> pb.UploadedAdapter:
+        chunks = (
+            warm_start.UploadChunk(c.base_model, c.file_name, c.data, c.last, c.sha256)
+            for c in request_iterator
+        )
+        upload_id, shape = warm_start.receive_upload(
+            chunks, self.uploads_root, current_tenant(), self.settings.max_upload_mb << 20
+        )
+        return pb.UploadedAdapter(
+            upload_id=upload_id,
+            base_model=shape.base_model,
+            rank=shape.rank,
+            target_modules=list(shape.target_modules),
+            files=shape.files,
+            alpha=round(shape.alpha),
+        )
 
     # -- methods ---------------------------------------------------------------------------------------
     def ListMethods(

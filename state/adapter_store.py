@@ -64,6 +64,12 @@ class AdapterStore(abc.ABC):
         """Remove publishes that never completed (crash leftovers); call only while owning the run."""
         return 0
 
+    def remove_version(self, run_id: str, version: int) -> None:
+        """Delete a complete version (retention); a store that cannot delete keeps it."""
+        log.info(
+            "adapter store %s keeps %s v%d: it cannot delete versions", type(self).__name__, run_id, version
+        )
+
 
 class LocalAdapterStore(AdapterStore):
     """Adapters in a local (or mounted shared) directory tree."""
@@ -82,7 +88,7 @@ class LocalAdapterStore(AdapterStore):
     def publish(
         self, run_id: str, version: int, files_dir: Path, manifest: AdapterManifest
     ) -> AdapterManifest:
-        if version < 1:
+        if version < 1 and not (version == 0 and manifest.parent):  # 0: a warm start's initial adapter
             raise InvalidArgument(f"adapter versions start at 1, got {version}")
         missing = [n for n in manifests.ADAPTER_FILES if not (Path(files_dir) / n).is_file()]
         if missing:
@@ -155,6 +161,12 @@ class LocalAdapterStore(AdapterStore):
             raise NotFound(
                 f"run {run_id} has no adapter version {version} on disk; versions: {known or 'none'}"
             ) from exc
+
+    def remove_version(self, run_id: str, version: int) -> None:
+        """Remove the manifest first (the version is incomplete from then on), then the files."""
+        path = self.version_dir(run_id, version)
+        (path / manifests.MANIFEST_FILE).unlink(missing_ok=True)
+        shutil.rmtree(path, ignore_errors=True)
 
     def discard_incomplete(self, run_id: str) -> int:
         run_dir = self.run_dir(run_id)

@@ -87,3 +87,22 @@ def stream_entries(reply: object) -> StreamEntries:
     for _stream, items in cast(list[tuple[bytes, StreamEntries]], reply or []):
         out.extend((mid, fields) for mid, fields in items if fields)
     return out
+
+
+def ensure_group(r: redis.Redis, stream: str, group: str) -> None:
+    """Create consumer group ``group`` of ``stream`` (and the stream) unless it exists."""
+    try:
+        r.xgroup_create(stream, group, id="0", mkstream=True)
+    except redis.ResponseError as exc:
+        if "BUSYGROUP" not in str(exc):
+            raise
+
+
+def autoclaim(
+    r: redis.Redis, stream: str, group: str, consumer: str, min_idle_ms: int, count: int
+) -> StreamEntries:
+    """Up to ``count`` entries of ``group`` idle for ``min_idle_ms``, now held by ``consumer`` (XAUTOCLAIM)."""
+    reply = r.xautoclaim(stream, group, consumer, min_idle_time=min_idle_ms, start_id="0-0", count=count)
+    # [next_id, entries] on 6.2, [next_id, entries, deleted_ids] on 7+: take the second element only.
+    items: StreamEntries = reply[1] if isinstance(reply, list | tuple) and len(reply) >= 2 else []
+    return [(mid, fields) for mid, fields in items if fields]

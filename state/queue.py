@@ -34,7 +34,7 @@ import redis
 from policyopt.core.errors import ResourceExhausted
 from policyopt.core.types import PromptTask, TrajectoryGroup, from_json, to_json
 from policyopt.state import prompt_scripts
-from policyopt.state.connection import StreamEntries, stream_entries, text
+from policyopt.state.connection import StreamEntries, autoclaim, ensure_group, stream_entries, text
 
 log = logging.getLogger(__name__)
 
@@ -69,26 +69,9 @@ def consumer_name(role: str) -> str:
     return f"{role}-{socket.gethostname()}-{os.getpid()}"
 
 
-def _ensure_group(r: redis.Redis, stream: str, group: str) -> None:
-    try:
-        r.xgroup_create(stream, group, id="0", mkstream=True)
-    except redis.ResponseError as exc:
-        if "BUSYGROUP" not in str(exc):
-            raise
-
-
 def _field_dict(flat: list[bytes]) -> dict[bytes, bytes]:
     """``[k1, v1, k2, v2]`` (a stream entry's fields as a script returns them) as a dict."""
     return dict(zip(flat[::2], flat[1::2], strict=True))
-
-
-def _autoclaim(
-    r: redis.Redis, stream: str, group: str, consumer: str, min_idle_ms: int, count: int
-) -> StreamEntries:
-    reply = r.xautoclaim(stream, group, consumer, min_idle_time=min_idle_ms, start_id="0-0", count=count)
-    # [next_id, entries] on 6.2, [next_id, entries, deleted_ids] on 7+: take the second element only.
-    items: StreamEntries = reply[1] if isinstance(reply, list | tuple) and len(reply) >= 2 else []
-    return [(mid, fields) for mid, fields in items if fields]
 
 
 class WorkQueue:
@@ -98,7 +81,7 @@ class WorkQueue:
         self.r = r
         self.claim_idle_ms = claim_idle_ms
         self.max_queued_prompts = max_queued_prompts
-        _ensure_group(r, PROMPTS_STREAM, ROLLOUT_GROUP)
+        ensure_group(r, PROMPTS_STREAM, ROLLOUT_GROUP)
         self._join_index = r.register_script(prompt_scripts.JOIN_INDEX)
         self._claim = r.register_script(prompt_scripts.CLAIM)
         self._move_due = r.register_script(prompt_scripts.MOVE_DUE)
@@ -118,7 +101,7 @@ class WorkQueue:
                 f"run {run_id} has {queued} prompts waiting and the limit is {self.max_queued_prompts}; "
                 "wait for rollouts to drain (watch the run) or raise POLICYOPT_MAX_QUEUED_PROMPTS"
             )
-        _ensure_group(self.r, prompts_stream(run_id), ROLLOUT_GROUP)
+        ensure_group(self.r, prompts_stream(run_id), ROLLOUT_GROUP)
         pipe = self.r.pipeline(transaction=True)
         for task in tasks:
             pipe.xadd(prompts_stream(run_id), {"data": to_json(task)})
@@ -167,7 +150,7 @@ class WorkQueue:
         for run in self.r.zrange(PROMPT_RUNS_KEY, 0, -1):
             stream = prompts_stream(text(run))
             try:
-                entries += _autoclaim(
+                entries += autoclaim(
                     self.r, stream, ROLLOUT_GROUP, consumer, self.claim_idle_ms, count - len(entries)
                 )
             except redis.ResponseError:  # no such stream or group: nothing of it is pending
@@ -198,7 +181,7 @@ class WorkQueue:
         """Queue the prompt's group (if any) and ack the prompt in one transaction."""
         pipe = self.r.pipeline(transaction=True)
         if group is not None:
-            _ensure_group(self.r, groups_stream(group.run_id), TRAINER_GROUP)
+            ensure_group(self.r, groups_stream(group.run_id), TRAINER_GROUP)
             pipe.xadd(groups_stream(group.run_id), {"data": to_json(group)})
         self._ack_prompt(pipe, message_id, task)
         pipe.decr(queued_prompts_key(task.run_id))
@@ -257,7 +240,7 @@ class WorkQueue:
                 f"{self.max_queued_prompts}; wait for steps to drain them (watch the run) or raise "
                 "POLICYOPT_MAX_QUEUED_PROMPTS"
             )
-        _ensure_group(self.r, stream, TRAINER_GROUP)
+        ensure_group(self.r, stream, TRAINER_GROUP)
         pipe = self.r.pipeline(transaction=True)
         for group in groups:
             pipe.xadd(stream, {"data": to_json(group)})
@@ -274,7 +257,7 @@ class WorkQueue:
             group.run_id, group.prompt_id, group.prompt, group.metadata, group.trace,
             attempt=group.attempt if attempt is None else attempt,
         )  # fmt: skip
-        _ensure_group(self.r, prompts_stream(group.run_id), ROLLOUT_GROUP)
+        ensure_group(self.r, prompts_stream(group.run_id), ROLLOUT_GROUP)
         pipe = self.r.pipeline(transaction=True)
         pipe.xadd(prompts_stream(group.run_id), {"data": to_json(task)})
         pipe.incr(queued_prompts_key(group.run_id))
@@ -287,10 +270,10 @@ class WorkQueue:
     ) -> list[tuple[str, TrajectoryGroup]]:
         """Groups for this trainer: own pending first, then abandoned, then new."""
         stream = groups_stream(run_id)
-        _ensure_group(self.r, stream, TRAINER_GROUP)
+        ensure_group(self.r, stream, TRAINER_GROUP)
         entries = stream_entries(self.r.xreadgroup(TRAINER_GROUP, consumer, {stream: "0"}, count=count))
         if len(entries) < count:
-            entries += _autoclaim(
+            entries += autoclaim(
                 self.r, stream, TRAINER_GROUP, consumer, self.claim_idle_ms, count - len(entries)
             )
         if len(entries) < count:
@@ -314,7 +297,7 @@ class WorkQueue:
         run, so the previous owners of these messages are gone.
         """
         stream = groups_stream(run_id)
-        _ensure_group(self.r, stream, TRAINER_GROUP)
+        ensure_group(self.r, stream, TRAINER_GROUP)
         out: list[tuple[str, TrajectoryGroup]] = []
         cursor: bytes | str = "0-0"
         while True:
@@ -332,7 +315,7 @@ class WorkQueue:
 
     def pending_group_ids(self, run_id: str) -> list[str]:
         stream = groups_stream(run_id)
-        _ensure_group(self.r, stream, TRAINER_GROUP)
+        ensure_group(self.r, stream, TRAINER_GROUP)
         rows = self.r.xpending_range(stream, TRAINER_GROUP, min="-", max="+", count=100000)
         return [text(row["message_id"]) for row in cast(list[dict[str, bytes]], rows)]
 

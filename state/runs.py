@@ -12,7 +12,7 @@ Keys (all prefixed ``po:``):
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import replace
 
 import redis
@@ -21,6 +21,7 @@ from policyopt.core.errors import FailedPrecondition, NotFound
 from policyopt.core.identifiers import quote
 from policyopt.core.types import (
     AdapterManifest,
+    EvalPrompt,
     EventKind,
     RewardEndpointInfo,
     Run,
@@ -31,6 +32,7 @@ from policyopt.core.types import (
     to_json,
 )
 from policyopt.state.connection import stream_entries, text
+from policyopt.state.evals import EvalStore, EvalTask
 from policyopt.state.queue import WorkQueue
 
 PUBLISHED_STREAM = "po:adapters:published"
@@ -83,8 +85,23 @@ class RunStore:
         return sorted((from_json(RewardEndpointInfo, v) for v in rows.values()), key=lambda e: e.name)
 
     # -- runs ----------------------------------------------------------------------------------------
-    def create_run(self, tenant: str, config: RunConfig) -> Run:
-        run = Run(run_id=f"run-{uuid.uuid4().hex[:12]}", tenant=tenant, config=config)
+    @staticmethod
+    def new_run_id() -> str:
+        return f"run-{uuid.uuid4().hex[:12]}"
+
+    def create_run(
+        self,
+        tenant: str,
+        config: RunConfig,
+        *,
+        run_id: str = "",
+        version_zero: AdapterManifest | None = None,
+        eval_prompts: Sequence[EvalPrompt] = (),
+    ) -> Run:
+        """Create a run in one MULTI with its STATUS event, ``version_zero`` (a warm start's published
+        adapter) in its index, and ``eval_prompts`` with version 0's evaluation queued (``EvalStore.start``):
+        a crash leaves the whole run or none of it."""
+        run = Run(run_id=run_id or self.new_run_id(), tenant=tenant, config=config)
         pipe = self.r.pipeline(transaction=True)
         pipe.hset(
             _run_key(run.run_id),
@@ -99,8 +116,11 @@ class RunStore:
         )
         pipe.sadd(f"po:tenant:{tenant}:runs", run.run_id)
         pipe.sadd("po:runs:active", run.run_id)
+        self.add_event(RunEvent(run_id=run.run_id, kind=EventKind.STATUS, message="running"), pipe)
+        if version_zero is not None:
+            pipe.hset(_adapters_key(run.run_id), "0", to_json(version_zero))
+        EvalStore(self.r).start(run.run_id, eval_prompts, config.eval.every, pipe)
         pipe.execute()
-        self.add_event(RunEvent(run_id=run.run_id, kind=EventKind.STATUS, message="running"))
         return run
 
     def get_run(self, run_id: str, tenant: str | None = None) -> Run:
@@ -135,17 +155,19 @@ class RunStore:
         run = self.get_run(run_id)
         if run.status != RunStatus.RUNNING and status != run.status:
             raise FailedPrecondition(f"run {run_id} is already {run.status.value}")
-        run = replace(run, status=status, error=error or run.error)
-        pipe = self.r.pipeline(transaction=True)
-        pipe.hset(_run_key(run_id), "data", to_json(run))
-        if status != RunStatus.RUNNING:
-            pipe.srem("po:runs:active", run_id)
+        pipe = self.r.pipeline(transaction=True)  # one MULTI: whoever sees the status sees its STATUS event
+        run = self.write_status(pipe, run, status, error)
         pipe.execute()
-        self.add_event(
-            RunEvent(
-                run_id=run_id, kind=EventKind.STATUS, message=status.value + (f": {error}" if error else "")
-            )
-        )
+        return run
+
+    def write_status(self, pipe: redis.client.Pipeline, run: Run, status: RunStatus, error: str = "") -> Run:
+        """Queue ``run``'s new status and its STATUS event in ``pipe``'s MULTI; returns the changed run."""
+        run = replace(run, status=status, error=error or run.error)
+        pipe.hset(_run_key(run.run_id), "data", to_json(run))
+        if status != RunStatus.RUNNING:
+            pipe.srem("po:runs:active", run.run_id)
+        message = status.value + (f": {error}" if error else "")
+        self.add_event(RunEvent(run_id=run.run_id, kind=EventKind.STATUS, message=message), pipe)
         return run
 
     # -- events --------------------------------------------------------------------------------------
@@ -171,8 +193,10 @@ class RunStore:
         group_message_ids: Iterable[str],
         events: Iterable[RunEvent] = (),
         guard: tuple[str, str] | None = None,
+        evaluation: EvalTask | None = None,
     ) -> None:
-        """Make a published version visible and ack the groups it trained on, atomically.
+        """Make a published version visible and ack the groups it trained on, atomically; ``evaluation``
+        (the version's, when due) is queued in the same transaction, so no commit goes unevaluated.
 
         ``guard`` is (key, value), the trainer's lease: the commit happens only while the key still
         holds that value (checked under WATCH), else FailedPrecondition and nothing is written.
@@ -190,6 +214,8 @@ class RunStore:
                             )
                         pipe.multi()
                     self._queue_commit(pipe, queue, manifest, ids, extra)
+                    if evaluation is not None:
+                        EvalStore(self.r).enqueue(evaluation, pipe)
                     pipe.execute()
                     return
                 except redis.WatchError:
@@ -235,18 +261,30 @@ class RunStore:
             approximate=True,
         )
 
+    def unindex_versions(self, run_id: str, versions: Iterable[int]) -> None:
+        """Drop versions from the run's adapter index (retention deletes their files afterwards)."""
+        names = [str(v) for v in versions]
+        if names:
+            self.r.hdel(_adapters_key(run_id), *names)
+
     def list_versions(self, run_id: str) -> list[AdapterManifest]:
         rows = self.r.hgetall(_adapters_key(run_id))
         return sorted((from_json(AdapterManifest, v) for v in rows.values()), key=lambda m: m.version)
 
     def get_version(self, run_id: str, version: int | str) -> AdapterManifest:
-        """A version number, or "latest"; NotFound names the versions that exist."""
-        if version in ("latest", "", 0):
+        """A version number (0: a warm-started or forked run's first adapter), or "latest"; NotFound names
+        the versions that exist."""
+        if version in ("latest", ""):
             latest = int(self.r.hget(_run_key(run_id), "version") or 0)
             if latest == 0:
                 raise NotFound(f"run {run_id} has no adapter version yet; wait for the first step (WatchRun)")
             version = latest
         raw = self.r.hget(_adapters_key(run_id), str(version))
+        if raw is None and version == 0:
+            raise NotFound(
+                f"run {run_id} has no adapter version 0: it started from its base model (no init_adapter), so "
+                "its version 0 is the base model itself; load base_model, or pull version 1 or later"
+            )
         if raw is None:
             known = sorted(int(v) for v in self.r.hkeys(_adapters_key(run_id)))
             raise NotFound(f"run {run_id} has no adapter version {version}; versions: {known or 'none yet'}")

@@ -9,6 +9,9 @@ manages that are no longer wanted. Loading before unloading means product traffi
 Every ``reconcile_interval_s`` it compares each endpoint's ``/v1/models`` with the wanted set and
 repairs the difference, so a restarted vLLM gets its adapters back without anyone noticing.
 
+With ``promoted_only`` it follows ``po:adapters:promoted`` instead: a version is served once the run's
+promotion rule promotes it (``state/evals.py``), and at startup the newest promoted version is wanted.
+
 Managed names are policyopt's ``RUN@vN`` names (of ``run_id`` only, when given); other adapters on the
 endpoint are left alone. At startup the wanted set is the newest version of ``run_id``, or of every
 active run; later publications of any run (or of ``run_id``) join it.
@@ -31,6 +34,7 @@ from opentelemetry import metrics
 
 from policyopt.core.errors import InvalidArgument, NotFound, PolicyOptError
 from policyopt.state.adapter_manifest import MANIFEST_FILE
+from policyopt.state.evals import PROMOTED_STREAM, EvalStore
 from policyopt.state.runs import PUBLISHED_STREAM, RunStore
 from policyopt.workers.engines.vllm_http import VLLMClient
 from policyopt.workers.engines.vllm_lora import LoraSlots, adapter_name, parse_adapter_name
@@ -187,6 +191,7 @@ class ServingSync(AdapterServing):
         max_loras: int = 0,
         reconcile_interval_s: float = 5.0,
         on_served: Callable[[Served], None] | None = None,
+        promoted_only: bool = False,
     ) -> None:
         super().__init__(
             adapter_root,
@@ -200,14 +205,19 @@ class ServingSync(AdapterServing):
         self.runs = RunStore(r)
         self.r = r
         self._cursor = "0-0"
+        self.promoted_only = promoted_only  # follow po:adapters:promoted instead (``state/evals.py``)
+        self.evals = EvalStore(r)
 
     def bootstrap(self) -> None:
         """Start after the stream's current end, wanting the newest version of the watched runs."""
-        last: list[tuple[bytes, dict[bytes, bytes]]] = self.r.xrevrange(PUBLISHED_STREAM, count=1)  # type: ignore[assignment]
+        stream = PROMOTED_STREAM if self.promoted_only else PUBLISHED_STREAM
+        last: list[tuple[bytes, dict[bytes, bytes]]] = self.r.xrevrange(stream, count=1)  # type: ignore[assignment]
         self._cursor = last[0][0].decode() if last else "0-0"
         for run_id in [self.run_id] if self.run_id else self.runs.active_run_ids():
             try:
                 version = self.runs.get_run(run_id).version
+                if self.promoted_only:
+                    version = max(0, self.evals.promotion_state(run_id).promoted)
             except NotFound:
                 log.warning("run %s does not exist (yet); waiting for its first publication", run_id)
                 continue
@@ -227,7 +237,8 @@ class ServingSync(AdapterServing):
     # -- loop ------------------------------------------------------------------------------------------
     def step(self, block_ms: int) -> list[str]:
         """Wait up to ``block_ms`` for publications; reconcile when some arrive. Returns the new names."""
-        fresh = self.observe(self.runs.read_published(self._cursor, block_ms=block_ms))
+        read = self.evals.read_promoted if self.promoted_only else self.runs.read_published
+        fresh = self.observe(read(self._cursor, block_ms=block_ms))
         if fresh:
             self.reconcile()
         return fresh

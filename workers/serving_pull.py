@@ -100,6 +100,7 @@ class PullSync(AdapterServing):
         on_served: Callable[[Served], None] | None = None,
         backoff_s: tuple[float, float] = BACKOFF_S,
         watch_window_s: float = WATCH_WINDOW_S,
+        promoted_only: bool = False,
     ) -> None:
         super().__init__(
             pull_to,
@@ -113,6 +114,7 @@ class PullSync(AdapterServing):
         self.client = client
         self.backoff_s = backoff_s
         self.watch_window_s = watch_window_s
+        self.promoted_only = promoted_only  # follow promoted versions only (WatchAdapters promoted_only)
         self.refused: list[tuple[str, int, str]] = []  # (run, version, why) of every refused pull
         self.pulled: list[tuple[str, int]] = []  # versions downloaded (not those found verified in place)
         self.deleted: list[str] = []  # names whose local copy was deleted
@@ -148,9 +150,13 @@ class PullSync(AdapterServing):
         delay_s = self.backoff_s[0]
         while not stop.is_set():
             try:
-                if after is None:  # start at the newest version, not at v1
-                    after = max(0, self.client.get_run(run_id).info.version - 1)
-                for version in self.client.watch_adapters(run_id, after, timeout=self.watch_window_s):
+                if after is None:  # start at the newest (promoted) version, not at v1
+                    info = self.client.get_run(run_id).info
+                    after = max(0, (info.promoted_version if self.promoted_only else info.version) - 1)
+                watch = self.client.watch_adapters(
+                    run_id, after, timeout=self.watch_window_s, promoted_only=self.promoted_only
+                )
+                for version in watch:
                     self._arrivals.put(version)
                     after = version.version
                     delay_s = self.backoff_s[0]
@@ -251,7 +257,10 @@ class PullSync(AdapterServing):
         """
         self.adapter_root.mkdir(parents=True, exist_ok=True)
         try:
-            versions = {run_id: self.client.list_adapters(run_id) for run_id in self.followed_runs()}
+            versions = {
+                run_id: self.client.list_adapters(run_id, self.promoted_only)
+                for run_id in self.followed_runs()
+            }
         except _PERMANENT:
             raise  # a wrong --run, key or address: say so instead of retrying forever
         except PolicyOptError as exc:

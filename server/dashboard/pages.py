@@ -99,6 +99,8 @@ def run_page(tenant: str, run: Run, logout: bool) -> str:
         "</section>"
         '<section class="panel"><h2>Diagnostic warnings</h2>'
         '<ul id="warnings" class="warnings"></ul><p id="warnings-empty" class="empty">None so far.</p></section>'
+        '<section class="panel"><h2>Samples <span class="hint">what the model writes, every sample_every steps</span>'
+        '</h2><div id="samples"></div><p id="samples-empty" class="empty">None yet.</p></section>'
         '<section class="panel"><h2>Reward side <span class="hint">what multiplies ∇log p</span></h2>'
         '<div id="axis-reward_side" class="grid"></div></section>'
         '<section class="panel"><h2>Trajectory side <span class="hint">how log p enters the loss</span></h2>'

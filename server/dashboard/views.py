@@ -66,6 +66,11 @@ def event_json(event: RunEvent) -> dict[str, object]:
         row["metrics"] = {k: v for k, v in event.metrics.items() if isinstance(v, int | float)}
     if event.kind == EventKind.WARNING:
         row.update(warning_parts(event.message))
+    if event.kind == EventKind.SAMPLE:
+        row["samples"] = [
+            {"prompt": s.prompt, "completion": s.completion, "reward": s.reward, "components": s.components}
+            for s in event.samples
+        ]
     return row
 
 

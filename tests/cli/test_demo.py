@@ -31,3 +31,8 @@ def test_tiny_demo_raises_the_reward_and_leaves_adapter_and_curve(tmp_path: Path
     manifests = list((out / "adapter").glob("run-*/v*/manifest.json"))
     assert len(manifests) == 1 and (manifests[0].parent / "adapter_model.safetensors").exists()
     assert "mean reward per step" in result.stdout
+    # the eval curve beside the reward: version 0 (the baseline) through the last version, every 6 of 30
+    rows = re.findall(r"^v(\d+)\s+\S+\s+([\d.]+)", result.stdout, flags=re.MULTILINE)
+    assert [int(v) for v, _ in rows] == [0, 6, 12, 18, 24, 30], result.stdout[-2000:]
+    assert all(0.0 <= float(mean) <= 1.0 for _, mean in rows)
+    assert "eval mean by version" in result.stdout

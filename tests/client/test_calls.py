@@ -7,7 +7,7 @@ import typing
 import pytest
 
 from policyopt.client import InvalidArgument, _calls
-from policyopt.client._stub import StreamRpc, Stub, UnaryRpc
+from policyopt.client._stub import ClientStreamRpc, StreamRpc, Stub, UnaryRpc
 from policyopt.v1 import policyopt_pb2 as pb
 
 SERVICE = pb.DESCRIPTOR.services_by_name["PolicyOptimizer"]
@@ -25,12 +25,14 @@ CALLS = [
     _calls.watch_run("run-1", "0-0"),
     _calls.submit_prompts("run-1", ["What is 1 + 1?"], [{"answer": 2}]),
     _calls.submit_trajectories("run-1", []),
+    _calls.finish_episode("run-1", "session-1", 1.0, "task", {"correct": 1.0}),
     _calls.list_adapters("run-1"),
     _calls.watch_adapters("run-1", 1, 3.0),
     _calls.pull_adapter("run-1", "latest"),
     _calls.wait_for_version("run-1", 2).watch(),
     _calls.wait_for_version("run-1", 2).run_info(),
     _calls.list_methods(),
+    _calls.add_eval_prompts("run-1", ["What is 2 + 2?"], [{"answer": 4}]),
 ]
 
 
@@ -47,7 +49,10 @@ def test_the_typed_stub_names_each_rpc_with_its_request_and_response() -> None:
     for method in SERVICE.methods:
         hint = hints[method.name]
         _, request, response = typing.get_args(hint)
-        assert typing.get_origin(hint) is (StreamRpc if method.server_streaming else UnaryRpc), method.name
+        kind = (
+            StreamRpc if method.server_streaming else ClientStreamRpc if method.client_streaming else UnaryRpc
+        )
+        assert typing.get_origin(hint) is kind, method.name
         assert request.DESCRIPTOR.full_name == method.input_type.full_name, method.name
         assert response.DESCRIPTOR.full_name == method.output_type.full_name, method.name
 

@@ -1,4 +1,5 @@
-"""Responses become SDK dataclasses: the pinned method of a run and of an adapter version."""
+"""Responses become SDK dataclasses: the pinned method of a run and of an adapter version, a run's sampling
+and reward-watch settings."""
 
 from __future__ import annotations
 
@@ -36,3 +37,9 @@ def test_an_adapter_version_has_its_resolved_method_only_when_the_server_sent_on
     assert pinned.resolved_method == SETTINGS
     empty = version_from_proto(pb.AdapterVersion(resolved_method=pb.MethodSpec()))
     assert empty.resolved_method == MethodSettings("", {}, {})
+
+
+def test_a_run_carries_its_correctness_component_and_sample_every() -> None:
+    info = run_from_proto(pb.Run(run_id="run-1", correctness_component="exact", sample_every=5))
+    assert (info.correctness_component, info.sample_every) == ("exact", 5)
+    assert (run_from_proto(pb.Run()).correctness_component, run_from_proto(pb.Run()).sample_every) == ("", 0)

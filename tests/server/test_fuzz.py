@@ -49,6 +49,7 @@ FUZZ = settings(
 )
 SERVICE = "/policyopt.v1.PolicyOptimizer/"
 STREAMING = {"WatchRun", "PullAdapter", "WatchAdapters"}
+CLIENT_STREAMING = {"UploadAdapter"}
 RPCS = [m.name for m in pb.DESCRIPTOR.services_by_name["PolicyOptimizer"].methods]
 sent: dict[str, int] = {}
 
@@ -296,6 +297,27 @@ def requests_for(name: str, t: Target) -> st.SearchStrategy[Any]:
                 ),
                 coef=floats,
             ),
+            eval=st.builds(
+                pb.EvalSpec,
+                prompts=st.lists(prompts(t), max_size=3),
+                every=int32,
+                samples=int32,
+                reward_endpoint=st.one_of(st.just(""), st.just("fuzz"), hostile_text()),
+                temperature=floats,
+                success_threshold=floats,
+            ),
+            promotion=st.builds(
+                pb.PromotionSpec,
+                rule=st.one_of(st.sampled_from(["", "none", "beats_best", "threshold"]), hostile_text()),
+                margin=floats,
+                threshold=floats,
+                stop_at_metric=floats,
+                patience=int32,
+            ),
+            init_adapter=st.one_of(
+                st.just(""), st.just(f"{t.ended_run}@v1"), st.just("upload:" + "0" * 64), hostile_text()
+            ),
+            retention=st.builds(pb.RetentionSpec, keep_versions=int32, keep_trainer_states=int32),
         ),
         "GetRun": lambda: st.builds(pb.GetRunRequest, run_id=run_ids(t)),
         "ListRuns": lambda: st.just(pb.ListRunsRequest()),
@@ -323,6 +345,14 @@ def requests_for(name: str, t: Target) -> st.SearchStrategy[Any]:
         "SubmitPrompts": lambda: st.builds(
             pb.SubmitPromptsRequest, run_id=run_ids(t), prompts=st.lists(prompts(t), max_size=3)
         ),
+        "FinishEpisode": lambda: st.builds(
+            pb.FinishEpisodeRequest,
+            run_id=st.one_of(st.just(t.agentic_run), run_ids(t)),
+            session_id=st.one_of(st.sampled_from(["s-1", ""]), hostile_text()),
+            reward=floats,
+            task_key=st.one_of(st.just("task"), hostile_text(), long_text()),
+            components=st.dictionaries(st.one_of(st.just("correct"), hostile_text()), floats, max_size=20),
+        ),
         "SubmitTrajectories": lambda: st.builds(
             pb.SubmitTrajectoriesRequest,
             run_id=st.one_of(st.just(t.agentic_run), run_ids(t)),
@@ -347,6 +377,19 @@ def requests_for(name: str, t: Target) -> st.SearchStrategy[Any]:
             pb.WatchAdaptersRequest, run_id=ended_or_hostile_run_ids(t), after_version=int64
         ),
         "ListMethods": lambda: st.just(pb.ListMethodsRequest()),
+        "AddEvalPrompts": lambda: st.builds(
+            pb.AddEvalPromptsRequest, run_id=run_ids(t), prompts=st.lists(prompts(t), max_size=3)
+        ),
+        "UploadAdapter": lambda: st.builds(
+            pb.UploadAdapterChunk,
+            base_model=st.one_of(st.just(t.tiny_model), model_names(t)),
+            file_name=st.one_of(
+                st.sampled_from(["adapter_config.json", "adapter_model.safetensors"]), hostile_text()
+            ),
+            data=st.binary(max_size=64),
+            last=st.booleans(),
+            sha256=st.one_of(st.just(""), hostile_text()),
+        ),
     }
     return strategies[name]()
 
@@ -372,7 +415,8 @@ def test_hostile_messages_get_precise_statuses(target: Target, rpc: str) -> None
     @FUZZ
     @given(request=requests_for(rpc, target))
     def send(request: Any) -> None:
-        check_status(rpc, lambda: method(request, metadata=target.metadata, timeout=20))
+        sent = iter([request, request]) if rpc in CLIENT_STREAMING else request  # a file sent twice, too
+        check_status(rpc, lambda: method(sent, metadata=target.metadata, timeout=20))
 
     send()
 

@@ -6,7 +6,8 @@ import threading
 
 from policyopt.client import EventKind, RunHandle
 from policyopt.core.types import EventKind as CoreEventKind
-from policyopt.core.types import RunEvent
+from policyopt.core.types import RunConfig, RunEvent, RunStatus
+from policyopt.server import streams
 from policyopt.state.runs import RunStore
 
 
@@ -39,3 +40,17 @@ def test_leaving_a_watch_early_cancels_the_stream(run_a: RunHandle) -> None:
         assert event.kind == EventKind.STATUS
         break
     assert run_a.refresh().status.value == "running"  # the channel is still usable
+
+
+def test_a_watch_that_sees_the_run_end_always_gets_its_final_status_event(fresh_redis) -> None:
+    store = RunStore(fresh_redis)
+    for _ in range(200):  # the run ends while the watch polls every millisecond
+        run = store.create_run("a", RunConfig(base_model="tiny"))
+        events: list[RunEvent] = []
+        watch = streams.run_events(store, run.run_id, "0", lambda: True, poll_ms=1)
+        watcher = threading.Thread(target=lambda watch=watch, events=events: events.extend(watch))
+        watcher.start()
+        store.set_status(run.run_id, RunStatus.CANCELLED)
+        watcher.join(timeout=10)
+        assert not watcher.is_alive()
+        assert [(e.kind, e.message) for e in events][-1] == (CoreEventKind.STATUS, "cancelled")

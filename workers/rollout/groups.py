@@ -29,7 +29,7 @@ def encode_prompt(engine: RolloutEngine, task: PromptTask) -> list[int] | Except
     return prompt_ids
 
 
-def _trajectory(sample: Sample, reward: float, version: int) -> Trajectory:
+def _trajectory(sample: Sample, reward: float, version: int, components: dict[str, float]) -> Trajectory:
     return Trajectory(
         completion_ids=sample.completion_ids,
         sampler_logprobs=sample.sampler_logprobs,
@@ -37,6 +37,7 @@ def _trajectory(sample: Sample, reward: float, version: int) -> Trajectory:
         reward=reward,
         finish_reason=sample.finish_reason,
         version=version,
+        reward_components=components,
     )
 
 
@@ -47,9 +48,16 @@ def package_group(
     samples: list[Sample],
     rewards: list[float],
     baseline: float | None,
+    components: list[dict[str, float]] | None = None,
 ) -> TrajectoryGroup:
-    """The scored group of one prompt, sampled with the run's current version; carries the current trace."""
-    trajectories = [_trajectory(s, reward, run.version) for s, reward in zip(samples, rewards, strict=True)]
+    """The scored group of one prompt, sampled with the run's current version; carries the current trace.
+
+    ``components``: each completion's named reward components (none when the endpoint gave only totals).
+    """
+    named = components or [{} for _ in samples]
+    trajectories = [
+        _trajectory(s, reward, run.version, c) for s, reward, c in zip(samples, rewards, named, strict=True)
+    ]
     return TrajectoryGroup(
         run_id=run.run_id,
         group_id=f"{task.prompt_id}-{uuid.uuid4().hex[:8]}",

@@ -7,6 +7,8 @@ Policy (settings ``reward_max_attempts``, ``reward_retry_backoff_s``):
 - open circuit (the call was not made): the prompt waits for the cool-down; no attempt is spent.
 - permanent failure (INVALID_ARGUMENT, a wrong number of scores, NaN...): dropped at once with an ERROR event.
 
+Evaluations follow the same policy per chunk (``next_try``; ``workers/rollout/evaluate.py``).
+
 Messages are written from our own errors (``RewardEndpointError`` is service-written), never from an
 endpoint's reply.
 """
@@ -46,17 +48,35 @@ def backoff_s(retry: int, base_s: float) -> float:
     return min(MAX_BACKOFF_S, base_s * 2 ** max(0, retry - 1))
 
 
+@dataclass(frozen=True)
+class Backoff:
+    """Try again after ``delay_s``; ``attempts`` failed reward attempts so far, ``counted``: this one was."""
+
+    delay_s: float
+    attempts: int
+    counted: bool
+
+
+def next_try(exc: Exception, attempts: int, *, max_attempts: int, base_backoff_s: float) -> Backoff | None:
+    """When work whose reward call failed with ``exc`` (after ``attempts`` earlier failed attempts) is
+    tried again; None when it is not: a permanent failure, or the ``max_attempts``-th transient one."""
+    if isinstance(exc, RewardEndpointError) and exc.circuit_open:
+        return Backoff(max(DEFER_S, exc.retry_after_s), attempts, counted=False)
+    if isinstance(exc, RewardEndpointError) and exc.transient and attempts + 1 < max_attempts:
+        return Backoff(backoff_s(attempts + 1, base_backoff_s), attempts + 1, counted=True)
+    return None
+
+
 def after_failure(
     task: PromptTask, exc: Exception, *, max_attempts: int, base_backoff_s: float
 ) -> Retry | Drop:
     """The fate of ``task`` after its rollout failed with ``exc``."""
-    if isinstance(exc, RewardEndpointError) and exc.circuit_open:
-        return Retry(task, max(DEFER_S, exc.retry_after_s), counted=False)
+    backoff = next_try(exc, task.reward_attempts, max_attempts=max_attempts, base_backoff_s=base_backoff_s)
+    if backoff is not None:
+        retried = dataclasses.replace(task, reward_attempts=backoff.attempts)
+        return Retry(retried, backoff.delay_s, counted=backoff.counted)
     if isinstance(exc, RewardEndpointError) and exc.transient:
         attempts = task.reward_attempts + 1
-        if attempts < max_attempts:
-            retried = dataclasses.replace(task, reward_attempts=attempts)
-            return Retry(retried, backoff_s(attempts, base_backoff_s), counted=True)
         if attempts > 1:
             return Drop(
                 f"prompt {task.prompt_id} dropped after {attempts} rollouts whose reward call failed: {exc}"
@@ -67,4 +87,4 @@ def after_failure(
     return Drop(f"prompt {task.prompt_id} skipped: rollout failed with {type(exc).__name__}: {exc}")
 
 
-__all__ = ["DEFER_S", "MAX_BACKOFF_S", "Drop", "Retry", "after_failure", "backoff_s"]
+__all__ = ["DEFER_S", "MAX_BACKOFF_S", "Backoff", "Drop", "Retry", "after_failure", "backoff_s", "next_try"]

@@ -4,7 +4,8 @@ This module is the rollout worker's only protobuf edge: it takes and returns pla
 Every failure leaves it as ``RewardEndpointError`` with a message that says what to fix, marked
 ``transient`` (UNAVAILABLE, DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED, UNIMPLEMENTED, connection failures, an
 open circuit: the worker retries the prompt later) or permanent (INVALID_ARGUMENT and every other status,
-a wrong number of scores, non-finite scores: the prompt ends with an ERROR event).
+a wrong number of scores, non-finite scores, bad components (``reward_components``): the prompt ends
+with an ERROR event).
 
 Each endpoint address has a ``CircuitBreaker``: after ``FAILURE_THRESHOLD`` transient failures in a row
 its calls fail fast (``circuit_open``) for ``COOLDOWN_S``, then one trial call decides.
@@ -19,7 +20,6 @@ status and its details go to this worker's log only.
 from __future__ import annotations
 
 import logging
-import math
 import threading
 import time
 from dataclasses import dataclass, field
@@ -34,6 +34,7 @@ from policyopt.core.settings import Settings
 from policyopt.core.types import JSONValue, RewardEndpointInfo
 from policyopt.v1 import reward_pb2, reward_pb2_grpc
 from policyopt.workers.rollout.breaker import COOLDOWN_S, FAILURE_THRESHOLD, CircuitBreaker
+from policyopt.workers.rollout.reward_components import ScoredGroup, combine
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +97,10 @@ class RewardClient:
 
     def score(self, endpoint: RewardEndpointInfo, group: ScoreInput) -> list[float]:
         """One finite score per completion; RewardEndpointError when the endpoint cannot give them."""
+        return self.score_group(endpoint, group).totals
+
+    def score_group(self, endpoint: RewardEndpointInfo, group: ScoreInput) -> ScoredGroup:
+        """The group's totals and named components (``reward_components.combine``)."""
         request = _to_request(group)
         timeout_s = endpoint.timeout_s or self.timeout_s
         breaker = self.breaker(endpoint)
@@ -120,7 +125,18 @@ class RewardClient:
             raise
         breaker.record_success()  # it answered; whether the answer is usable is checked next
         try:
-            return _check_scores(endpoint, list(response.scores), len(group.completions))
+            components = {c.name: list(c.values) for c in response.components}
+            if len(components) != len(response.components):
+                raise RewardEndpointError(
+                    f"reward endpoint {endpoint.name!r} returned a reward component name twice; name each once"
+                )
+            return combine(
+                endpoint.name,
+                list(response.scores),
+                components,
+                dict(response.weights),
+                len(group.completions),
+            )
         except RewardEndpointError:
             REWARD_CALL_ERRORS.labels(endpoint.address, "BAD_SCORES").inc()
             raise
@@ -224,22 +240,6 @@ def _to_request(group: ScoreInput) -> reward_pb2.ScoreRequest:
         metadata=metadata,
         adapter_version=group.adapter_version,
     )
-
-
-def _check_scores(endpoint: RewardEndpointInfo, scores: list[float], expected: int) -> list[float]:
-    if len(scores) != expected:
-        raise RewardEndpointError(
-            f"reward endpoint {endpoint.name!r} returned {len(scores)} scores for {expected} completions; "
-            "Score must return exactly one score per completion, in order"
-        )
-    bad = [i for i, s in enumerate(scores) if not math.isfinite(s)]
-    if bad:
-        shown = ", ".join(f"#{i}={scores[i]}" for i in bad[:5])
-        raise RewardEndpointError(
-            f"reward endpoint {endpoint.name!r} returned non-finite scores ({shown}); "
-            "return a finite float for every completion (map failures to a low score, not NaN or inf)"
-        )
-    return [float(s) for s in scores]
 
 
 def _call_error(endpoint: RewardEndpointInfo, timeout_s: float, *, transient: bool) -> RewardEndpointError:

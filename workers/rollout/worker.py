@@ -31,7 +31,6 @@ import redis
 
 from policyopt.core import metrics
 from policyopt.core.errors import (
-    FailedPrecondition,
     NotFound,
     PolicyOptError,
     RewardEndpointError,
@@ -49,15 +48,19 @@ from policyopt.core.types import (
 from policyopt.models import ModelCatalog
 from policyopt.state import AdapterStore, LocalAdapterStore
 from policyopt.state.connection import connect
+from policyopt.state.evals import EvalStore
 from policyopt.state.queue import POLL_S, WorkQueue, consumer_name
 from policyopt.state.runs import RunStore
+from policyopt.workers.adapter_refs import open_adapter
 from policyopt.workers.algorithms import MethodSpec, run_method
 from policyopt.workers.engines import AdapterRef, RolloutEngine, Sample, create_engine
 from policyopt.workers.placement import configure_threads
 from policyopt.workers.rollout.breaker import COOLDOWN_S, FAILURE_THRESHOLD
+from policyopt.workers.rollout.evaluate import Evaluator
 from policyopt.workers.rollout.groups import encode_prompt, package_group, sampling_params
 from policyopt.workers.rollout.retry import DEFER_S, Retry, after_failure
 from policyopt.workers.rollout.reward_client import RewardClient, ScoreInput
+from policyopt.workers.rollout.reward_components import ScoredGroup
 from policyopt.workers.rollout.scoring import ScoreJob, ScoringLanes
 
 log = logging.getLogger(__name__)
@@ -114,6 +117,11 @@ class RolloutWorker:
         self._toucher: threading.Thread | None = None
         self._closed = threading.Event()
         self.threads = configure_threads(settings.torch_threads)
+        self.evaluator = Evaluator(
+            settings=settings, consumer=self.consumer, runs=self.store, evals=EvalStore(self.r),
+            adapters=self.adapters, rewards=self.rewards, engine_for=lambda run: self._engine(run.config),
+            adapter_for=self._adapter, chunk_prompts=batch_prompts,
+        )  # fmt: skip
 
     # -- loop ------------------------------------------------------------------------------------------
     def run_forever(self, stop_event: threading.Event) -> None:
@@ -141,6 +149,8 @@ class RolloutWorker:
         scoring lanes; returns how many were claimed (``wait_scored`` waits for their groups)."""
         if self.lanes.outstanding() >= self.max_pending_scores:
             time.sleep(POLL_S)
+            return 0
+        if self.evaluator.take_turn():  # held-out evaluation: every other round at most (evaluate.py)
             return 0
         claimed = self.queue.claim_prompts(self.consumer, count=self.batch_prompts, block_ms=block_ms)
         self._hold(claimed)
@@ -268,11 +278,13 @@ class RolloutWorker:
             with span_from(task.trace, "score", run_id=task.run_id, prompt_id=task.prompt_id) as span:
                 outcome: TrajectoryGroup | Exception
                 try:
-                    rewards = self._score(job.run, task, job.endpoint, [s.text for s in job.samples])
+                    scored = self._score(job.run, task, job.endpoint, [s.text for s in job.samples])
                     baseline = None
                     if job.greedy is not None:
-                        baseline = self._score(job.run, task, job.endpoint, [job.greedy.text])[0]
-                    outcome = package_group(job.run, task, job.prompt_ids, job.samples, rewards, baseline)
+                        baseline = self._score(job.run, task, job.endpoint, [job.greedy.text]).totals[0]
+                    outcome = package_group(
+                        job.run, task, job.prompt_ids, job.samples, scored.totals, baseline, scored.components
+                    )
                 except Exception as exc:
                     span.record_exception(exc)
                     outcome = exc
@@ -295,9 +307,9 @@ class RolloutWorker:
 
     def _score(
         self, run: Run, task: PromptTask, endpoint: RewardEndpointInfo | None, completions: list[str]
-    ) -> list[float]:
+    ) -> ScoredGroup:
         if endpoint is None:
-            return [0.0] * len(completions)
+            return ScoredGroup(totals=[0.0] * len(completions))
         attributes: dict[str, str | int] = {"endpoint": endpoint.name, "completions": len(completions)}
         with tracer().start_as_current_span("reward_call", attributes=attributes):
             group = ScoreInput(
@@ -308,7 +320,7 @@ class RolloutWorker:
                 metadata=task.metadata,
                 adapter_version=run.version,
             )
-            return self.rewards.score(endpoint, group)
+            return self.rewards.score_group(endpoint, group)
 
     def _running_run(self, task: PromptTask) -> Run | None:
         try:
@@ -357,22 +369,19 @@ class RolloutWorker:
                 {"max_loaded_adapters": config.max_staleness + 1} if config.engine == "vllm" else {}
             )
             self._engines[key] = create_engine(
-                config.engine, model_dir, device=self.settings.device, urls=self.settings.vllm_urls, **options
+                config.engine,
+                model_dir,
+                device=self.settings.device,
+                dtype=self.settings.dtype,
+                urls=self.settings.vllm_urls,
+                **options,
             )
         self._engines.move_to_end(key)
         return self._engines[key]
 
-    def _adapter(self, run: Run) -> AdapterRef | None:
-        if run.version == 0:
-            return None
-        try:
-            path = self.adapters.open_version(run.run_id, run.version)
-        except NotFound as exc:
-            raise FailedPrecondition(
-                f"{exc}; the rollout worker must read the trainer's adapter store "
-                f"(POLICYOPT_ADAPTER_STORE, here {self.settings.adapter_root})"
-            ) from exc
-        return AdapterRef(run_id=run.run_id, version=run.version, path=path)
+    def _adapter(self, run: Run, version: int | None = None) -> AdapterRef | None:
+        """The run's adapter at ``version`` (default: its newest); None for a fresh run's version 0 (the base)."""
+        return open_adapter(self.adapters, run, version, reader="the rollout worker")
 
     def _fail(self, run: Run, message_id: str, task: PromptTask, exc: Exception) -> None:
         """Retry the prompt later (transient reward failure) or end it with an ERROR event."""

@@ -67,6 +67,9 @@ class CheckpointStore:
         for version in stale + older:
             shutil.rmtree(self.root / run_id / f"v{version:06d}", ignore_errors=True)
 
+    def remove_version(self, run_id: str, version: int) -> None:
+        shutil.rmtree(self.root / run_id / f"v{version:06d}", ignore_errors=True)
+
     def remove_run(self, run_id: str) -> None:
         shutil.rmtree(self.root / run_id, ignore_errors=True)
 

@@ -14,10 +14,12 @@ import logging
 from policyopt.core.errors import FailedPrecondition
 from policyopt.core.types import Run, TrajectoryGroup
 from policyopt.state.adapter_store import AdapterStore
+from policyopt.state.evals import EvalStore
 from policyopt.state.queue import WorkQueue
 from policyopt.state.runs import RunStore
 from policyopt.workers.train.checkpoint import CheckpointStore
 from policyopt.workers.train.collect import group_key
+from policyopt.workers.train.retention import evaluation_due
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +45,7 @@ def reconcile_run(
     pending = queue.adopt_pending_groups(run.run_id, consumer)
     for version in range(run.version + 1, on_disk + 1):
         finish_commit(
-            run.run_id,
+            run,
             version,
             pending,
             queue=queue,
@@ -56,7 +58,7 @@ def reconcile_run(
 
 
 def finish_commit(
-    run_id: str,
+    run: Run,
     version: int,
     pending: list[tuple[str, TrajectoryGroup]],
     *,
@@ -66,7 +68,9 @@ def finish_commit(
     checkpoints: CheckpointStore,
     guard: tuple[str, str],
 ) -> None:
-    """Commit a version that was published but never committed, acking the groups it records."""
+    """Commit a version that was published but never committed, acking the groups it records and
+    queueing its evaluation when due (as the interrupted commit would have)."""
+    run_id = run.run_id
     manifest = store.read_manifest(run_id, version)
     state = checkpoints.load(run_id, version) or {}
     dropped = state.get("dropped_group_ids", [])
@@ -82,7 +86,8 @@ def finish_commit(
             len(missing),
             missing[:5],
         )
-    runs.commit_step(queue, manifest, message_ids, guard=guard)
+    evaluation = evaluation_due(EvalStore(runs.r), run, version)
+    runs.commit_step(queue, manifest, message_ids, guard=guard, evaluation=evaluation)
     log.info(
         "run %s: finished the interrupted commit of version %d (%d groups acked)",
         run_id,

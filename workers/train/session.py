@@ -143,7 +143,7 @@ def load_session(
     outbound: OutboundPolicy,
     updater_factory: UpdaterFactory = build_updater,
 ) -> RunSession:
-    """The run's policy at ``version`` (0: a fresh LoRA) as an adapter on ``pool``'s shared base, its pinned
+    """The run's policy at ``version`` (0: a fresh LoRA, or a warm start's ``init_adapter``) as an adapter on ``pool``'s shared base, its pinned
     method and the updater state saved for that version. Models resolve through ``models``; the teacher
     endpoint passes ``outbound``. The adapter is detached again if anything fails."""
     spec = run_method(run.config)
@@ -173,7 +173,7 @@ def _restore(
 ) -> RunSession:
     model, pad_token_id = base.model, base.pad_token_id
     model.set_adapter(name)  # the updater takes the parameters that require grad: this adapter's only
-    if version:
+    if version or run.config.init_adapter:  # version 0 of a warm start is the adapter it started from
         version_dir = store.open_version(run.run_id, version, verify=True)
         policy.load_adapter_weights(model, version_dir, placement.device, adapter_name=name)
     teacher = None

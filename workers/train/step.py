@@ -4,9 +4,9 @@
 takes the session and the collected groups and either commits version N+1 or leaves nothing behind:
 ``PolicyUpdater.step`` (gated by ``guards.step_gate``), ``guards.non_finite`` (a non-finite update fails
 the run unpublished), checkpoint the trainer state as vN, publish adapter vN (atomic directory rename),
-then ``RunStore.commit_step`` (index + ack + events in one MULTI, guarded by the lease). It also handles
-a collection that came up short (resample or ack the dropped groups) and turns the updater's diagnostic
-warnings into run events.
+then ``RunStore.commit_step`` (index + ack + events + a due evaluation in one MULTI, guarded by the lease),
+then retention. It also handles a collection that came up short (resample or ack the dropped groups)
+and turns the updater's diagnostic warnings into run events.
 """
 
 from __future__ import annotations
@@ -21,11 +21,13 @@ from pathlib import Path
 import redis
 
 from policyopt.core.metrics import record_train_step
+from policyopt.core.settings import Settings
 from policyopt.core.telemetry import span_from, tracer
 from policyopt.core.types import AdapterManifest, EventKind, RunEvent
 from policyopt.state import AdapterStore, RunStore, WorkQueue
+from policyopt.state.evals import EvalStore
 from policyopt.workers.algorithms import pin_method
-from policyopt.workers.train import policy
+from policyopt.workers.train import policy, retention
 from policyopt.workers.train.announcements import WarningAnnouncer
 from policyopt.workers.train.checkpoint import CheckpointStore
 from policyopt.workers.train.collect import CollectedGroups
@@ -34,6 +36,7 @@ from policyopt.workers.train.fault_points import crash_for_test, pause_for_test
 from policyopt.workers.train.follower import StepOrder
 from policyopt.workers.train.guards import non_finite, step_gate
 from policyopt.workers.train.lease import LeaseKeeper
+from policyopt.workers.train.reward_watch import RewardHackingWatch, component_means, sample_event
 from policyopt.workers.train.session import RunSession
 from policyopt.workers.train.tensorboard import RunScalars
 from policyopt.workers.train.update import StepAbandoned
@@ -63,6 +66,7 @@ class StepTrainer:
         data_dir: str,
         tensorboard: RunScalars | None,
         fail_run: Callable[[str, str], None],
+        sample_every: int = Settings.sample_every,
     ) -> None:
         self.r, self.queue, self.runs, self.store = r, queue, runs, store
         self.checkpoints, self.leases, self.ranks = checkpoints, leases, ranks
@@ -72,6 +76,8 @@ class StepTrainer:
         self.update_failures: dict[str, int] = {}  # run -> failed updates in a row
         self.resampled: dict[str, int] = {}  # run -> stale groups sent back since its last step
         self.announcer = WarningAnnouncer()
+        self.sample_every = sample_every  # the server's default; a run's own sample_every wins
+        self.hacking = RewardHackingWatch()
 
     def note_resampled(self, run_id: str, count: int) -> None:
         """Resamples of earlier, short collections count towards the step that finally trains."""
@@ -80,6 +86,7 @@ class StepTrainer:
     def forget(self, run_id: str) -> None:
         """Drop what is kept about a run that is no longer active."""
         self.announcer.forget(run_id)
+        self.hacking.forget(run_id)
         self.update_failures.pop(run_id, None)
 
     # -- the step ------------------------------------------------------------------------------------
@@ -106,8 +113,10 @@ class StepTrainer:
                     "trainer/groups_resampled_stale": float(self.resampled.pop(run_id, 0)),
                 }
             )
+            metrics.update(component_means(batch.groups))
             manifest = self._save_and_commit(session, version, batch, metrics)
         session.version = version
+        retention.apply_retention(session.run, version, self.runs, self.store, self.checkpoints)
         record_train_step(run_id, metrics)
         if self.tensorboard is not None:
             self.tensorboard.write_step(run_id, version, manifest.metrics)
@@ -137,13 +146,16 @@ class StepTrainer:
         with tracer().start_as_current_span("publish", attributes={"run_id": run_id, "version": version}):
             manifest = self.publish(session, version, batch, metrics)
             crash_for_test("after_publish", version)
-            events = self.warning_events(session, version, batch)
+            events = self.warning_events(session, version, batch) + self.reward_events(
+                session, version, batch, metrics
+            )
             self.runs.commit_step(
                 self.queue,
                 manifest,
                 batch.message_ids + batch.dropped_message_ids,
                 events,
                 guard=self.leases.guard(run_id),
+                evaluation=retention.evaluation_due(EvalStore(self.r), session.run, version),
             )
         return manifest
 
@@ -233,6 +245,18 @@ class StepTrainer:
                 "reward variance (raise reward_side.group_filter.max_extra_rounds or vary prompt difficulty)"
             )
         return self.announcer.events(session.run.run_id, version, session.updater.last_warnings, extra)
+
+    def reward_events(
+        self, session: RunSession, version: int, batch: CollectedGroups, metrics: dict[str, float]
+    ) -> list[RunEvent]:
+        """The reward-hacking WARNING (``reward_watch``) when due, and a SAMPLE event every sample_every steps."""
+        run_id, config = session.run.run_id, session.run.config
+        hacking = self.hacking.observe(run_id, metrics, config.correctness_component)
+        events = self.announcer.events(run_id, version, [hacking] if hacking else [])
+        every = config.sample_every or self.sample_every
+        if every > 0 and version % every == 0:
+            events.append(sample_event(run_id, version, batch.groups))
+        return events
 
 
 __all__ = ["MAX_UPDATE_FAILURES", "StepTrainer"]

@@ -96,7 +96,7 @@ class TrainerWorker:
         Path(settings.data_dir).mkdir(parents=True, exist_ok=True)
         self.consumer = consumer_name("trainer")
         self.leases = LeaseKeeper(self.r, self.consumer, lease_ttl_ms)
-        self.placement = ranks.place(resolve_placement(settings.device))
+        self.placement = ranks.place(resolve_placement(settings.device, settings.dtype))
         self.models = ModelCatalog.from_settings(settings)
         self.outbound = OutboundPolicy.from_settings(settings)
         self.threads = configure_threads(settings.torch_threads)
@@ -133,6 +133,7 @@ class TrainerWorker:
             data_dir=self.settings.data_dir,
             tensorboard=self.tensorboard,
             fail_run=self._fail_run,
+            sample_every=self.settings.sample_every,
         )
 
     # -- loop ----------------------------------------------------------------------------------------

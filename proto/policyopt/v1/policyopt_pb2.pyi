@@ -543,7 +543,7 @@ class UploadAdapterChunk(_message.Message):
     def __init__(self, base_model: _Optional[str] = ..., file_name: _Optional[str] = ..., data: _Optional[bytes] = ..., last: _Optional[bool] = ..., sha256: _Optional[str] = ...) -> None: ...
 
 class UploadedAdapter(_message.Message):
-    __slots__ = ("upload_id", "base_model", "rank", "target_modules", "files")
+    __slots__ = ("upload_id", "base_model", "rank", "target_modules", "files", "alpha")
     class FilesEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -556,12 +556,14 @@ class UploadedAdapter(_message.Message):
     RANK_FIELD_NUMBER: _ClassVar[int]
     TARGET_MODULES_FIELD_NUMBER: _ClassVar[int]
     FILES_FIELD_NUMBER: _ClassVar[int]
+    ALPHA_FIELD_NUMBER: _ClassVar[int]
     upload_id: str
     base_model: str
     rank: int
     target_modules: _containers.RepeatedScalarFieldContainer[str]
     files: _containers.ScalarMap[str, str]
-    def __init__(self, upload_id: _Optional[str] = ..., base_model: _Optional[str] = ..., rank: _Optional[int] = ..., target_modules: _Optional[_Iterable[str]] = ..., files: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    alpha: int
+    def __init__(self, upload_id: _Optional[str] = ..., base_model: _Optional[str] = ..., rank: _Optional[int] = ..., target_modules: _Optional[_Iterable[str]] = ..., files: _Optional[_Mapping[str, str]] = ..., alpha: _Optional[int] = ...) -> None: ...
 
 class FinishEpisodeRequest(_message.Message):
     __slots__ = ("run_id", "session_id", "reward", "task_key", "components")

@@ -128,6 +128,27 @@
     document.getElementById("warnings-empty").hidden = true;
   }
 
+  var SAMPLE_EVENTS_SHOWN = 5;
+
+  function addSamples(event) {
+    var box = document.getElementById("samples");
+    var step = el("div", "sample-step");
+    step.appendChild(el("h3", "when", "step " + event.step));
+    (event.samples || []).forEach(function (s) {
+      var item = el("div", "sample");
+      var parts = Object.keys(s.components || {}).sort().map(function (k) {
+        return k + " " + formatValue(s.components[k]);
+      });
+      item.appendChild(el("p", "score", "reward " + formatValue(s.reward) + (parts.length ? " · " + parts.join(" · ") : "")));
+      item.appendChild(el("pre", "prompt", s.prompt));
+      item.appendChild(el("pre", "completion", s.completion));
+      step.appendChild(item);
+    });
+    box.insertBefore(step, box.firstChild);
+    while (box.children.length > SAMPLE_EVENTS_SHOWN) box.removeChild(box.lastChild);
+    document.getElementById("samples-empty").hidden = true;
+  }
+
   function showRun(run) {
     var status = document.getElementById("run-status");
     status.textContent = run.status;
@@ -195,6 +216,8 @@
             stepsChanged = true;
           } else if (event.kind === "warning") {
             addWarning(event);
+          } else if (event.kind === "sample") {
+            addSamples(event);
           } else if (event.kind === "version") {
             versionsChanged = true;
           }

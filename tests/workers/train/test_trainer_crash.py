@@ -18,8 +18,9 @@ from pathlib import Path
 import pytest
 from support.trainer import TrainerEnv
 
-from policyopt.core.types import MethodChoice, Run
+from policyopt.core.types import EvalConfig, EvalPrompt, MethodChoice, Run
 from policyopt.state import LocalAdapterStore
+from policyopt.state.evals import EvalStore
 from policyopt.state.queue import TRAINER_GROUP, groups_stream
 from policyopt.state.runs import RunStore
 
@@ -152,3 +153,23 @@ def test_crash_around_the_publish_of_version_2_recovers_on_restart(
     _assert_trained_exactly_once(trainer_env, run, submitted)
     for version, manifest in published.items():  # finished, never retrained or republished
         assert store.read_manifest(run.run_id, version) == manifest
+
+
+def test_a_crash_between_publish_and_commit_still_queues_the_versions_evaluation(
+    trainer_env: TrainerEnv, trainers: Trainers
+) -> None:
+    run = trainer_env.create_run(
+        method=MethodChoice("grpo"), prompts_per_step=PER_STEP, learning_rate=1e-3, max_staleness=STEPS,
+        eval=EvalConfig(every=1),
+    )  # fmt: skip
+    evals = EvalStore(trainer_env.r)
+    evals.add_prompts(run.run_id, [EvalPrompt("Count to three.")], limit=10)
+    trainer_env.push_groups(run, GROUPS)
+    victim = trainers.start(POLICYOPT_TEST_CRASH_AT="after_publish:2")
+    assert victim.wait(timeout=120) == -signal.SIGKILL, trainers.logs()
+    assert [t.version for t in evals.queued_tasks() if t.run_id == run.run_id] == [1]  # 2: published only
+
+    trainers.start()
+    _wait_for(f"version {STEPS}", lambda: _version(trainer_env, run) == STEPS, trainers)
+    # the restarted trainer finished version 2's commit, and its evaluation with it
+    assert [t.version for t in evals.queued_tasks() if t.run_id == run.run_id] == [1, 2, 3]
