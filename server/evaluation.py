@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from policyopt.core.errors import FailedPrecondition, InvalidArgument
 from policyopt.core.identifiers import quote
 from policyopt.core.types import EvalPrompt, Run, RunConfig, RunStatus
-from policyopt.state.evals import EvalStore, EvalTask
+from policyopt.state.evals import EvalStore
 
 
 def check_eval_prompts(
@@ -42,13 +42,10 @@ def check_accepts_eval_prompts(run: Run, count: int) -> None:
         raise InvalidArgument("no prompts: AddEvalPrompts needs at least one prompt")
 
 
-def queue_missing_baseline(evals: EvalStore, run: Run) -> bool:
-    """A run created without eval prompts gets its baseline when the first ones arrive, while it is still at
-    version 0 (later, the next scheduled evaluation is the first; ``beats_best`` then has no baseline)."""
-    if run.version != 0 or evals.promotion_state(run.run_id).base is not None or evals.pending(run.run_id):
-        return False
-    evals.enqueue(EvalTask(run.run_id, 0))
-    return True
+def wants_baseline(evals: EvalStore, run: Run) -> bool:
+    """Whether eval prompts arriving now should queue version 0's evaluation: the run is still at version 0
+    and has no baseline (later, the next scheduled evaluation is the first; ``beats_best`` then has none)."""
+    return run.version == 0 and evals.promotion_state(run.run_id).base is None
 
 
-__all__ = ["check_accepts_eval_prompts", "check_eval_prompts", "queue_missing_baseline"]
+__all__ = ["check_accepts_eval_prompts", "check_eval_prompts", "wants_baseline"]

@@ -344,8 +344,9 @@ class PolicyOptimizerServicer(pb_grpc.PolicyOptimizerServicer):
         evaluation.check_accepts_eval_prompts(run, len(request.prompts))
         prompts = convert_eval.eval_prompts_from_proto(request.prompts, "prompts")
         evaluation.check_eval_prompts(prompts, run.config, self.lengths.check)
-        count = self.evals.add_prompts(run.run_id, prompts, self.settings.max_eval_prompts)
-        evaluation.queue_missing_baseline(self.evals, run)
+        count = self.evals.add_prompts(
+            run.run_id, prompts, self.settings.max_eval_prompts, evaluation.wants_baseline(self.evals, run)
+        )
         return pb.AddEvalPromptsResponse(eval_prompt_count=count)
 
     def UploadAdapter(

@@ -125,8 +125,13 @@ class EvalStore:
         self._move_due = r.register_script(_MOVE_DUE)
 
     # -- prompts ----------------------------------------------------------------------------------------
-    def add_prompts(self, run_id: str, prompts: Sequence[EvalPrompt], limit: int) -> int:
-        """Append ``prompts``; ResourceExhausted (nothing added) when the run would hold more than ``limit``."""
+    def add_prompts(
+        self, run_id: str, prompts: Sequence[EvalPrompt], limit: int, baseline: bool = False
+    ) -> int:
+        """Append ``prompts``; ResourceExhausted (nothing added) when the run would hold more than ``limit``.
+
+        ``baseline``: when these are the run's first eval prompts, queue version 0's evaluation in the same
+        MULTI (a run created without eval prompts gets its baseline when they arrive)."""
         key = _prompts_key(run_id)
         with self.r.pipeline(transaction=True) as pipe:
             while True:
@@ -142,6 +147,8 @@ class EvalStore:
                     pipe.multi()
                     if prompts:
                         pipe.rpush(key, *[to_json(p) for p in prompts])
+                        if baseline and held == 0:
+                            self.enqueue(EvalTask(run_id, 0), pipe)
                     pipe.execute()
                     return held + len(prompts)
                 except redis.WatchError:
