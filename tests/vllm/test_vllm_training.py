@@ -71,6 +71,7 @@ def workers(
 ) -> Iterator[tuple[Settings, list[list[TrajectoryGroup]]]]:  # fmt: skip
     settings = Settings(
         redis_url=fresh_redis_url, data_dir=str(tmp_path / "data"), device="cpu", torch_threads=1,
+        dtype="float32",  # vLLM samples the tiny model in fp32; auto would train bf16 on this CPU
         vllm_urls=(vllm_server.url,), **local_policy,
     )  # fmt: skip
     steps: list[list[TrajectoryGroup]] = []

@@ -32,7 +32,9 @@ from policyopt.workers.train.distributed import SINGLE, Ranks, ranks_from_env
 from policyopt.workers.train.session import build_updater
 
 STEPS = 2
-TOLERANCE = 1e-5
+# fp32 reduction order differs between shards and one batch; AdamW's normalized steps carry that into the
+# weights, and grpo's token TIS weights (exp of a log-prob difference) add to it: measured up to 1.1e-5.
+TOLERANCE = 3e-5
 
 METHODS = {
     # sequence-level mean of token means, a KL pass on the reference, two optimizer steps per step
