@@ -1,9 +1,9 @@
 """The demo's held-out evaluation: the eval curve from EVAL and PROMOTION events, printed beside the reward.
 
 The demo's run evaluates version 0 and every ``eval_every`` versions on the task's eval set (prompts the
-training stream never draws), greedily, and promotes a version whose eval mean beats the best so far
-(``beats_best``). The eval of the last version may land after the run completed; ``wait_for_last``
-reads it from the version's manifest.
+training stream never draws), 4 samples each at the training temperature, and promotes a version whose
+eval mean beats the best so far (``beats_best``). The eval of the last version may land after the run
+completed; ``wait_for_last`` reads it from the version's manifest.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from policyopt.cli.report import sparkline
 from policyopt.client import EventKind, RunEvent, RunHandle
 
 EVALS_PER_RUN = 5
-"""Evaluations after the baseline: enough for a curve, few enough to cost little (greedy, 8 prompts)."""
+"""Evaluations after the baseline: enough for a curve, few enough to cost little (8 prompts x 4 samples)."""
 
 
 def eval_every(steps: int) -> int:
