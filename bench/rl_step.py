@@ -10,8 +10,15 @@ alpha 32, dropout 0 on q/k/v/o), learning rate and number of steps. They run one
 at the same time.
 
 policyopt: the real service (``start_stack``: embedded Valkey, gRPC server, one rollout worker and one
-trainer as separate processes), a ``RewardServer`` with the task's reward, a GRPO run, and every prompt
-submitted at once. Step time is the wall time between consecutive STEP events (the first step, which
+trainer as separate processes), a ``RewardServer`` with the task's reward, a GRPO run, and prompts
+submitted two steps ahead of the trainer as the demo does (all at once, the rollout worker runs ahead and
+groups older than ``max_staleness`` are sampled twice). Models in bf16 where the CPU multiplies bf16
+natively (AMX, AVX512-BF16) or on a bf16 GPU (``--dtype float32`` for fp32); TRL with its own default
+``bf16=True`` (autocast) when policyopt runs in bf16, else ``bf16=False`` (``--trl-dtype`` to choose). TRL's
+autocast covers its training forward only: accelerate wraps the peft model's ``forward``, and
+``PeftModel.generate`` calls the inner model's, so TRL samples in fp32 either way (policyopt samples in
+bf16). The sampler/trainer KL printed is the median of the trainer's ``trajectory/mismatch_kl``:
+bf16 sampling and staleness, which the grpo preset's token-level truncated IS corrects. Step time is the wall time between consecutive STEP events (the first step, which
 includes the workers loading the model, is reported apart); update time is the trainer's own
 ``trainer/step_seconds``. Rollouts overlap training (the service pipelines them; a group more than
 ``max_staleness`` versions old is resampled), so step time can be below generation + update.
@@ -31,6 +38,7 @@ Prints the load average before and after: the machine is shared and noisy.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import secrets
 import statistics
@@ -45,6 +53,7 @@ from policyopt.cli.demo_task import TASKS, DemoTask, DigitsTask
 from policyopt.core.types import JSONValue
 
 FIRST_LAST = 5  # steps averaged at each end for the reward gain
+AHEAD_STEPS = 2  # policyopt: prompts are submitted this many steps ahead of the trainer, as the demo does
 
 
 @dataclass
@@ -56,6 +65,8 @@ class Figures:
     generate_seconds: list[float] = field(default_factory=list)
     rewards: list[float] = field(default_factory=list)
     completion_tokens: list[float] = field(default_factory=list)
+    mismatch_kl: list[float] = field(default_factory=list)
+    step_metrics: list[dict[str, float]] = field(default_factory=list)
     first_step_seconds: float = float("nan")
     notes: list[str] = field(default_factory=list)
 
@@ -81,6 +92,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "trainer half each (they run at the same time)",
     )
     parser.add_argument("--only", choices=["policyopt", "trl"], help="run one side only")
+    parser.add_argument(
+        "--dtype",
+        default="auto",
+        help="policyopt's POLICYOPT_DTYPE (auto: bf16 on a CPU with AMX/AVX512-BF16 or a bf16 GPU, else fp32)",
+    )
+    parser.add_argument(
+        "--trl-dtype",
+        choices=["same", "bf16", "fp32"],
+        default="same",
+        help="TRL's precision: same as policyopt's (default), bf16 (TRL's default, autocast) or fp32",
+    )
+    parser.add_argument(
+        "--max-staleness", type=int, default=1, help="policyopt's run max_staleness (1: the default)"
+    )
+    parser.add_argument("--metrics-out", help="write policyopt's per-step metrics (JSON lines) here")
     return parser.parse_args(argv)
 
 
@@ -117,6 +143,7 @@ def run_policyopt(
             api_keys={key: "bench"},
             model_roots=(str(model_dir.parent),),
             torch_threads=max(1, args.threads // 2),
+            dtype=args.dtype,
             log_level="WARNING",
         )
         with (
@@ -137,10 +164,21 @@ def run_policyopt(
                 learning_rate=args.learning_rate,
                 temperature=args.temperature,
                 max_steps=args.steps,
+                max_staleness=args.max_staleness,
                 seed=args.seed,
             )
             started = time.time()
-            run.submit_prompts(prompts, metadata=metadata)
+            per_step = args.prompts_per_step
+
+            submitted = [0]  # steps' worth of prompts submitted so far
+
+            def feed(up_to_step: int) -> None:  # as the demo does: two steps of prompts ahead of the trainer
+                start, end = submitted[0] * per_step, min(up_to_step, args.steps) * per_step
+                if end > start:
+                    run.submit_prompts(prompts[start:end], metadata=metadata[start:end])
+                    submitted[0] = end // per_step
+
+            feed(AHEAD_STEPS)
             step_times = [started]
             resampled = 0.0
             for event in run.watch():
@@ -148,11 +186,14 @@ def run_policyopt(
                 if event.kind == EventKind.STEP:
                     metrics = event.metrics
                     step_times.append(event.timestamp)
+                    feed(len(step_times) - 1 + AHEAD_STEPS)
                     figures.update_seconds.append(metrics["trainer/step_seconds"])
                     figures.rewards.append(metrics.get("reward/mean", float("nan")))
                     length = metrics.get("trajectory/response_length_mean", float("nan"))
                     figures.completion_tokens.append(length * args.prompts_per_step * args.group_size)
                     resampled += metrics.get("trainer/groups_resampled_stale", 0.0)
+                    figures.mismatch_kl.append(metrics.get("trajectory/mismatch_kl", float("nan")))
+                    figures.step_metrics.append(dict(metrics))
                 elif event.kind in (EventKind.ERROR, EventKind.WARNING):
                     figures.notes.append(f"[{event.kind}] {event.message}")
                 elif event.kind == EventKind.STATUS and event.message.split(":")[0] in (
@@ -213,7 +254,7 @@ def trl_config(args: argparse.Namespace, output_dir: str) -> Any:
         report_to="none",
         disable_tqdm=True,
         use_cpu=not torch.cuda.is_available(),
-        bf16=False,
+        bf16=trl_bf16(args),
         seed=args.seed,
     )
 
@@ -222,7 +263,10 @@ TRL_DEFAULTS_CHANGED = (
     "loss_type dapo->grpo (seq-mean-token-mean, as policyopt's grpo), lr_scheduler linear->constant, "
     "gradient_checkpointing True->False, shuffle_dataset True->False (same order), logging_steps 10->1; "
     "kept (already equal): beta 0, epsilon 0.2, scale_rewards group, AdamW (0.9, 0.999, 1e-8), "
-    "weight_decay 0, max_grad_norm 1, top_p 1, num_iterations 1"
+    "weight_decay 0, max_grad_norm 1, top_p 1, num_iterations 1, bf16 True when policyopt runs bf16 (autocast "
+    "of TRL's training forward only: its generate runs fp32, policyopt's sampler bf16); "
+    "differs: policyopt samples in a separate process, pipelined, and corrects the sampler/trainer gap with "
+    "token TIS (cap 2); TRL samples with the model it trains, one phase after the other"
 )
 
 
@@ -324,9 +368,13 @@ def report_side(name: str, figures: Figures) -> None:
         f" | {tokens / seconds:7.1f} completion tokens/s ({tokens:.0f} in {seconds:.1f} s)"
         f" | update {median(figures.update_seconds):6.2f} s/step"
         + (f" | generate {median(figures.generate_seconds):6.2f} s/step" if figures.generate_seconds else "")
-        + f" | reward first {k} {first:.3f} -> last {k} {last:.3f} ({last - first:+.3f})",
+        + f" | reward first {k} {first:.3f} -> last {k} {last:.3f} ({last - first:+.3f})"
+        + (
+            f" | sampler/trainer KL {median(figures.mismatch_kl):.4f} (median)" if figures.mismatch_kl else ""
+        ),
         flush=True,
     )
+    print(f"{'':10s} reward per step: {' '.join(f'{r:.3f}' for r in figures.rewards)}")
     for note in figures.notes[:5]:
         print(f"{'':10s} {note}")
 
@@ -349,7 +397,16 @@ def main(argv: list[str] | None = None) -> None:
         f"# threads: policyopt {max(1, args.threads // 2)} per worker process (rollout and trainer, concurrent), "
         f"TRL {args.threads} in one process (generation then update); the two systems run one after the other"
     )
-    print("# policyopt: grpo preset (group mean/std advantages, PPO clip 0.2, seq-mean-token-mean, no KL),")
+    from policyopt.workers.placement import resolve_placement
+
+    print(
+        f"# dtype: policyopt {resolve_placement('auto', args.dtype).dtype} (POLICYOPT_DTYPE={args.dtype}), "
+        f"TRL {'bf16 autocast in training, fp32 generation' if trl_bf16(args) else 'fp32'} (bf16={trl_bf16(args)})"
+    )
+    print(
+        "# policyopt: grpo preset (group mean/std advantages, PPO clip 0.2, seq-mean-token-mean, no KL, "
+        "token TIS cap 2),"
+    )
     print(
         "#   constant learning rate, AdamW wd 0, grad-norm clip 1, transformers rollouts pipelined with training"
     )
@@ -362,6 +419,9 @@ def main(argv: list[str] | None = None) -> None:
     results: dict[str, Figures] = {}
     if args.only in (None, "policyopt"):
         results["policyopt"] = run_policyopt(args, model_dir, task, prompts, metadata)
+        if args.metrics_out:
+            lines = [json.dumps(m) for m in results["policyopt"].step_metrics]
+            Path(args.metrics_out).write_text("\n".join(lines) + "\n")
         print(f"# policyopt done; {load()}", flush=True)
     if args.only in (None, "trl"):
         results["TRL"] = run_trl(args, model_dir, task, prompts, metadata)
@@ -372,6 +432,17 @@ def main(argv: list[str] | None = None) -> None:
         ratio = median(results["policyopt"].step_seconds) / median(results["TRL"].step_seconds)
         print(f"step time policyopt / TRL: {ratio:.2f} (median seconds per step; below 1: policyopt faster)")
     print(f"# {load()}", flush=True)
+
+
+def trl_bf16(args: argparse.Namespace) -> bool:
+    """TRL's ``bf16`` flag: as asked, else whether policyopt's placement resolves to bf16."""
+    if args.trl_dtype != "same":
+        return bool(args.trl_dtype == "bf16")
+    import torch
+
+    from policyopt.workers.placement import resolve_placement
+
+    return resolve_placement("auto", args.dtype).dtype == torch.bfloat16
 
 
 def _trl_version() -> str:
