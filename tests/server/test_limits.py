@@ -184,7 +184,7 @@ def test_streams_beyond_the_tenant_limit_are_refused_and_others_keep_answering(l
         for stream in opened:
             stream.cancel()
         deadline = time.monotonic() + 5
-        while limited.running.limits.streams.held("a") and time.monotonic() < deadline:
+        while limited.running.limits.streams.held() and time.monotonic() < deadline:  # b's stream too
             time.sleep(0.05)
         assert limited.running.limits.streams.held() == 0  # every slot came back
         again = _watch(channel, limited.keys["a"], run_a.run_id)
@@ -344,4 +344,5 @@ def test_a_10_mib_prompt_is_refused_without_tokenizing_and_memory_comes_back(
     assert max(timings) < 1.0, timings  # typically 0.05-0.1 s, most of it sending 10 MiB over loopback
     # a retained request would add 10 MiB each; glibc's arenas kept ~one per thread before the server fixed
     # its mmap threshold (``app.return_large_buffers_to_the_os``): +80 MiB over 30 requests
-    assert max(rss[-10:]) - max(rss[:5]) < 25, [round(x) for x in rss]
+    # (20 retained requests would add 200 MiB; gRPC's own buffers move RSS by up to +30 MiB, measured)
+    assert max(rss[-10:]) - max(rss[:5]) < 40, [round(x) for x in rss]
