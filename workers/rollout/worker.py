@@ -24,7 +24,6 @@ import logging
 import threading
 import time
 from collections import OrderedDict
-from pathlib import Path
 from typing import cast
 
 import redis
@@ -53,9 +52,10 @@ from policyopt.state.queue import POLL_S, WorkQueue, consumer_name
 from policyopt.state.runs import RunStore
 from policyopt.workers.adapter_refs import open_adapter
 from policyopt.workers.algorithms import MethodSpec, run_method
-from policyopt.workers.engines import AdapterRef, RolloutEngine, Sample, create_engine
+from policyopt.workers.engines import AdapterRef, RolloutEngine, Sample
 from policyopt.workers.placement import configure_threads
 from policyopt.workers.rollout.breaker import COOLDOWN_S, FAILURE_THRESHOLD
+from policyopt.workers.rollout.engine_cache import EngineCache
 from policyopt.workers.rollout.evaluate import Evaluator
 from policyopt.workers.rollout.groups import encode_prompt, package_group, sampling_params
 from policyopt.workers.rollout.retry import DEFER_S, Retry, after_failure
@@ -104,12 +104,11 @@ class RolloutWorker:
         )
         self.models = ModelCatalog.from_settings(settings)
         self.consumer = consumer or consumer_name("rollout")
-        self.max_engines = max_engines
         self.batch_prompts = batch_prompts
         self.max_pending_scores = max_pending_scores
         self.shutdown_grace_s = shutdown_grace_s
         self.lanes = ScoringLanes(settings.reward_concurrency, self._score_job)
-        self._engines: OrderedDict[tuple[str, Path], RolloutEngine] = OrderedDict()
+        self.engines = EngineCache(settings, self.models, max_engines)
         self._methods: OrderedDict[str, MethodSpec] = OrderedDict()  # run -> its pinned method
         self._held: dict[str, PromptTask] = {}  # claimed prompts in hand, by message id
         self._jobs: dict[str, ScoreJob] = {}  # the held prompts that wait for scores
@@ -235,9 +234,7 @@ class RolloutWorker:
     def close(self) -> None:
         self.shutdown()
         self._closed.set()
-        for engine in self._engines.values():
-            engine.close()
-        self._engines.clear()
+        self.engines.close()
         self.rewards.close()
 
     # -- rollouts --------------------------------------------------------------------------------------
@@ -355,29 +352,7 @@ class RolloutWorker:
         return self._methods[run.run_id]
 
     def _engine(self, config: RunConfig) -> RolloutEngine:
-        """The engine for the run's base model, loaded once; the least recently used beyond max_engines closes."""
-        model_dir = self.models.resolve(config.base_model)
-        key = (config.engine, model_dir)
-        if key not in self._engines:
-            while len(self._engines) >= self.max_engines:
-                _, old = self._engines.popitem(last=False)
-                old.close()
-            log.info("loading %s engine for %s", config.engine, model_dir)
-            # vLLM keeps a window of versions per run (the newest plus those a rollout may lag behind
-            # by); the transformers engine keeps each run's newest versions under its own LRU cap.
-            options: dict[str, object] = (
-                {"max_loaded_adapters": config.max_staleness + 1} if config.engine == "vllm" else {}
-            )
-            self._engines[key] = create_engine(
-                config.engine,
-                model_dir,
-                device=self.settings.device,
-                dtype=self.settings.dtype,
-                urls=self.settings.vllm_urls,
-                **options,
-            )
-        self._engines.move_to_end(key)
-        return self._engines[key]
+        return self.engines.engine_for(config)
 
     def _adapter(self, run: Run, version: int | None = None) -> AdapterRef | None:
         """The run's adapter at ``version`` (default: its newest); None for a fresh run's version 0 (the base)."""
