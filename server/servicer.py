@@ -129,12 +129,17 @@ class PolicyOptimizerServicer(pb_grpc.PolicyOptimizerServicer):
         except PolicyOptError:  # a model this server cannot name is not the run's
             return False
 
+    def _run_protos(self, runs: list[Run]) -> list[pb.Run]:
+        """The runs with their eval prompt counts and newest promoted versions (one Redis round trip)."""
+        messages = [convert.run_to_proto(run) for run in runs]
+        for message, (count, promoted) in zip(
+            messages, self.evals.summaries([run.run_id for run in runs]), strict=True
+        ):
+            message.eval_prompt_count, message.promoted_version = count, promoted
+        return messages
+
     def _run_proto(self, run: Run) -> pb.Run:
-        """The run with its eval prompt count and newest promoted version."""
-        message = convert.run_to_proto(run)
-        message.eval_prompt_count = self.evals.prompt_count(run.run_id)
-        message.promoted_version = self.evals.promotion_state(run.run_id).promoted
-        return message
+        return self._run_protos([run])[0]
 
     def _check_active_runs(self, tenant: str) -> None:
         running = len(self.store.running_run_ids(tenant))
@@ -162,11 +167,11 @@ class PolicyOptimizerServicer(pb_grpc.PolicyOptimizerServicer):
 
     def ListRuns(self, request: pb.ListRunsRequest, context: grpc.ServicerContext) -> pb.ListRunsResponse:
         runs = self.store.list_runs(current_tenant())
-        return pb.ListRunsResponse(runs=[convert.run_to_proto(r) for r in runs])
+        return pb.ListRunsResponse(runs=self._run_protos(runs))
 
     def CancelRun(self, request: pb.CancelRunRequest, context: grpc.ServicerContext) -> pb.Run:
         self._run(request.run_id)
-        return convert.run_to_proto(self.store.set_status(request.run_id, RunStatus.CANCELLED))
+        return self._run_proto(self.store.set_status(request.run_id, RunStatus.CANCELLED))
 
     def WatchRun(self, request: pb.WatchRunRequest, context: grpc.ServicerContext) -> Iterator[pb.RunEvent]:
         self._run(request.run_id)

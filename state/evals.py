@@ -167,6 +167,18 @@ class EvalStore:
     def prompt_count(self, run_id: str) -> int:
         return int(self.r.llen(_prompts_key(run_id)))
 
+    def summaries(self, run_ids: Sequence[str]) -> list[tuple[int, int]]:
+        """(eval prompts held, newest promoted version or -1) of each run, in one round trip."""
+        pipe = self.r.pipeline(transaction=False)
+        for run_id in run_ids:
+            pipe.llen(_prompts_key(run_id))
+            pipe.hget(_promotion_key(run_id), "promoted")
+        replies = pipe.execute()
+        return [
+            (int(count), int(promoted) if promoted is not None else -1)
+            for count, promoted in zip(replies[::2], replies[1::2], strict=True)
+        ]
+
     def prompts(self, run_id: str) -> list[EvalPrompt]:
         return [from_json(EvalPrompt, raw) for raw in self.r.lrange(_prompts_key(run_id), 0, -1)]
 

@@ -225,7 +225,10 @@ def test_promoted_only_lists_and_watches_promoted_versions(
     versions = {v.version: v for v in run.list_adapters()}
     assert versions[1].eval == {"eval/mean": 0.2} and not versions[1].promoted and versions[2].promoted
     assert run.refresh().promoted_version == 2
-    run.cancel()  # the run has ended: its watch returns every event and ends
+    listed = {info.run_id: info for info in client_a.list_runs()}[run.run_id]
+    assert (listed.promoted_version, listed.eval_prompt_count) == (2, 1)  # ListRuns says what GetRun says
+    cancelled = run.cancel()  # the run has ended: its watch returns every event and ends
+    assert (cancelled.promoted_version, cancelled.eval_prompt_count) == (2, 1)
     events = [e for e in client_a.watch_run(run.run_id) if e.kind.value in ("eval", "promotion")]
     assert [(e.kind.value, e.version) for e in events] == [("eval", 1), ("eval", 2), ("promotion", 2)]
     assert events[1].metrics == {"eval/mean": 0.6}
