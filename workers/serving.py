@@ -89,6 +89,7 @@ class AdapterServing:
         max_loras: int = 0,
         reconcile_interval_s: float = 5.0,
         on_served: Callable[[Served], None] | None = None,
+        promoted_only: bool = False,
     ) -> None:
         if not urls:
             raise InvalidArgument("serving sync needs at least one --vllm URL")
@@ -98,6 +99,7 @@ class AdapterServing:
         self.max_loras = max_loras
         self.reconcile_interval_s = reconcile_interval_s
         self.on_served = on_served
+        self.promoted_only = promoted_only  # follow versions once promoted, not once published
         self.slots = {u.rstrip("/"): LoraSlots(VLLMClient(u, timeout_s=120.0)) for u in urls}
         self.served: list[Served] = []
         self._newest: dict[str, int] = {}
@@ -201,11 +203,11 @@ class ServingSync(AdapterServing):
             max_loras=max_loras,
             reconcile_interval_s=reconcile_interval_s,
             on_served=on_served,
+            promoted_only=promoted_only,  # follows po:adapters:promoted (``state/evals.py``)
         )
         self.runs = RunStore(r)
         self.r = r
         self._cursor = "0-0"
-        self.promoted_only = promoted_only  # follow po:adapters:promoted instead (``state/evals.py``)
         self.evals = EvalStore(r)
 
     def bootstrap(self) -> None:

@@ -110,11 +110,11 @@ class PullSync(AdapterServing):
             max_loras=max_loras,
             reconcile_interval_s=reconcile_interval_s,
             on_served=on_served,
+            promoted_only=promoted_only,  # WatchAdapters and ListAdapters with promoted_only
         )
         self.client = client
         self.backoff_s = backoff_s
         self.watch_window_s = watch_window_s
-        self.promoted_only = promoted_only  # follow promoted versions only (WatchAdapters promoted_only)
         self.refused: list[tuple[str, int, str]] = []  # (run, version, why) of every refused pull
         self.pulled: list[tuple[str, int]] = []  # versions downloaded (not those found verified in place)
         self.deleted: list[str] = []  # names whose local copy was deleted
