@@ -127,6 +127,38 @@ def test_adapter_versions_are_loaded_swapped_and_bypassed(
     assert [s.sampler_logprobs for s in with_v1] != [s.sampler_logprobs for s in with_v2]
 
 
+def test_rows_that_finish_early_leave_the_batch_and_the_others_stay_exact(tiny_model_dir: Path) -> None:
+    """Half the vocabulary counts as EOS here, so rows stop after 1, 2, 3... tokens and leave the batch and its
+    KV cache at different steps; every row's log-probs must still be those of its own sequence."""
+    engine = TransformersEngine(tiny_model_dir, device="cpu", dtype="float32")
+    vocab = int(engine._base.config.vocab_size)
+    engine._eos_ids = sorted(set(engine._eos_ids) | set(range(0, vocab, 2)))
+    prompts = prompts_of_two_lengths(engine)
+    groups = engine.sample(prompts, 6, SamplingParams(max_new_tokens=10, seed=7))
+    model, _ = load_model(tiny_model_dir, resolve_placement("cpu", "float32"))
+    lengths = sorted(len(s.completion_ids) for g in groups for s in g)
+    assert lengths[0] < lengths[-1] and len(set(lengths)) >= 3  # rows left at several different steps
+    for prompt_ids, group in zip(prompts, groups, strict=True):
+        for sample in group:
+            expected_T = teacher_forced_logp(model, prompt_ids, sample.completion_ids)
+            assert torch.allclose(torch.tensor(sample.sampler_logprobs), expected_T, atol=LOGPROB_TOLERANCE)
+    batched = engine.greedy(prompts, 10)
+    alone = [engine.greedy([prompt], 10)[0] for prompt in prompts]
+    assert [s.completion_ids for s in batched] == [s.completion_ids for s in alone]
+
+
+def test_the_inverse_cdf_draw_follows_the_distribution() -> None:
+    from policyopt.workers.engines.transformers_engine import _draw
+
+    probs_V = torch.tensor([0.5, 0.0, 0.3, 0.15, 0.05])
+    torch.manual_seed(0)
+    logp_A_V = torch.log(probs_V).expand(20000, -1)
+    drawn_A = _draw(logp_A_V)
+    frequency_V = torch.bincount(drawn_A, minlength=5).double() / drawn_A.numel()
+    assert frequency_V[1] == 0  # a zero-probability token is never drawn
+    assert torch.allclose(frequency_V, probs_V.double(), atol=0.015)  # over 4 standard errors at p=0.5
+
+
 def test_an_unknown_engine_name_lists_the_known_ones(tiny_model_dir: Path) -> None:
     from policyopt.core.errors import InvalidArgument
 
