@@ -27,6 +27,8 @@ alone (healthy runs: up to 7.5 tokens over 5 steps; this statistic: at most 1.7)
 _LENGTH_KEY = "trajectory/response_length_mean"
 WINDOWED_KEYS = (
     "reward/zero_variance_group_fraction",
+    "reward/near_uniform_group_fraction",
+    "reward/std_amplification_max",
     "reward/negative_advantage_length_mean",
     "reward/positive_advantage_length_mean",
     "trajectory/mismatch_kl",

@@ -1,7 +1,7 @@
 """Diagnostics over a window of steps: each warning fires on its failure and stays quiet on a healthy run.
 
 Healthy runs are recorded in ``data/`` (bench/rl_step.py's policyopt side with the default grpo preset in
-bf16, reward rising; the demo's first 30 steps); so is a run that shows a failure (the demo trained 60
+bf16, reward rising; the demo's first 30 steps, of several demo runs); so is a run that shows a failure (the demo trained 60
 steps collapses onto one reply). Other failures are metric sequences built to show each one, plus a real
 update on the tiny model whose groups all score the same.
 """
@@ -26,6 +26,8 @@ HEALTHY_RUNS = {
     for name in ("healthy_smollm2_grpo", "healthy_smollm2_grpo_eager")
 }
 DEMO_60 = json.loads((DATA / "demo_smollm2_60_steps.json").read_text())["steps"]
+DEMO_30 = json.loads((DATA / "demo_smollm2_30_steps_runs.json").read_text())
+DEMO_RUNS, DEMO_COLLAPSED_EARLY = DEMO_30["runs"], DEMO_30["collapsed_early"]
 DEMO_STEPS = 30  # cli/demo.py's SIZES["smollm2"].steps
 
 
@@ -54,6 +56,19 @@ def test_the_default_demo_is_quiet_and_the_collapse_after_it_is_named() -> None:
     assert later == {"mostly_zero_variance_groups", "entropy_collapse"}
 
 
+@pytest.mark.parametrize("name", sorted(DEMO_RUNS))
+def test_recorded_demo_runs_are_quiet(name: str) -> None:
+    assert len(DEMO_RUNS[name]) == DEMO_STEPS
+    assert replay(DEMO_RUNS[name]) == [[] for _ in range(DEMO_STEPS)]
+
+
+def test_a_demo_run_that_settles_early_is_named_from_step_25() -> None:
+    """One recorded demo run settled on a wordy reply by step 22: a real collapse, warned about as such."""
+    warned = replay(DEMO_COLLAPSED_EARLY)
+    assert warned[:24] == [[] for _ in range(24)]
+    assert warned[24:] == [["mostly_zero_variance_groups"] for _ in range(DEMO_STEPS - 24)]
+
+
 def test_single_noisy_steps_of_the_healthy_run_would_have_warned() -> None:
     """What the window is for: judged one step at a time, the same run trips two detectors."""
     spec = resolve_method(MethodChoice(preset="grpo"))
@@ -78,6 +93,11 @@ def test_mismatch_without_correction_warns_on_the_same_run() -> None:
             {"reward/zero_variance_group_fraction": 0.25},
         ),
         ("entropy_collapse", {"trajectory/entropy": 0.01}, {"trajectory/entropy": 1.5}),
+        (  # the one step a 30-step demo run showed: 2 of 4 groups near-uniform, amplified 157x
+            "std_normalization_amplifies_noise",
+            {"reward/near_uniform_group_fraction": 0.5, "reward/std_amplification_max": 157.0},
+            {"reward/near_uniform_group_fraction": 0.0, "reward/std_amplification_max": 20.0},
+        ),
     ],
 )
 def test_trend_detectors_need_a_full_window(
@@ -132,4 +152,32 @@ def test_an_update_on_groups_without_reward_variance_warns_after_a_window() -> N
     for _ in range(WINDOW_STEPS):
         update.step(flat)
         seen.append("mostly_zero_variance_groups" in [w.name for w in update.last_warnings])
+    assert seen == [False] * (WINDOW_STEPS - 1) + [True]
+
+
+def test_an_update_on_groups_with_near_uniform_rewards_warns_after_a_window() -> None:
+    """Groups that differ from each other but whose members differ by a thousandth: std scaling turns that
+    noise into full-size advantages, step after step."""
+    import torch
+    from support.algorithms import build_lora_model, make_groups
+
+    from policyopt.workers.train.update import PolicyUpdater
+
+    spec = resolve_method(MethodChoice(preset="grpo"))
+    update = PolicyUpdater(build_lora_model(), spec, learning_rate=1e-3, pad_token_id=0)
+    noise = torch.Generator().manual_seed(0)
+    seen = []
+    for _ in range(WINDOW_STEPS):
+        near_uniform = [
+            dataclasses.replace(
+                g,
+                trajectories=[
+                    dataclasses.replace(t, reward=0.5 * i + 1e-3 * float(torch.rand((), generator=noise)))
+                    for t in g.trajectories
+                ],
+            )
+            for i, g in enumerate(make_groups())
+        ]
+        update.step(near_uniform)
+        seen.append("std_normalization_amplifies_noise" in [w.name for w in update.last_warnings])
     assert seen == [False] * (WINDOW_STEPS - 1) + [True]
