@@ -1,6 +1,7 @@
 """The whole RL step, side by side: policyopt's service against TRL's GRPOTrainer, same model and task.
 
-    python bench/rl_step.py                       # SmolLM2-135M-Instruct, 20 steps each
+    python bench/rl_step.py                       # SmolLM2-135M-Instruct, 20 steps each, seed 0
+    python bench/rl_step.py --seeds 0-7           # both systems on 8 seeds, then means and standard errors
     python bench/rl_step.py --model tiny --steps 3  # a quick check on the random tiny Llama
 
 Both systems train the same base model on the same task (the demo's: "add two numbers" for smollm2,
@@ -33,6 +34,11 @@ over the wall time of the same steps), median update seconds per step, all over 
 policyopt's model loading in its workers and TRL's first-call warm-up; it is printed apart), and the
 reward gain from the mean of the first 5 steps to the mean of the last 5. Then policyopt/TRL step time.
 Prints the load average before and after: the machine is shared and noisy.
+
+One seed's reward gain is one draw: with 16 completions a step, a step's mean reward moves by about 0.07
+from sampling alone, so one run's gain varies by about 0.04 between runs of the same seed. ``--seeds``
+runs both systems on each seed (policyopt then TRL, the same prompts for both) and ends with the mean gain
+of each, its standard error over seeds, and the mean of the per-seed differences.
 """
 
 from __future__ import annotations
@@ -84,6 +90,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--learning-rate", type=float, default=2e-4)
     parser.add_argument("--temperature", type=float, default=1.0)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--seeds",
+        help="several seeds, e.g. '0-7' or '0,3,5': both systems on each, then a summary over seeds",
+    )
     parser.add_argument(
         "--threads",
         type=int,
@@ -386,12 +396,97 @@ def main(argv: list[str] | None = None) -> None:
     from policyopt.models import resolve_base_model
 
     model_dir = resolve_base_model(args.model, args.data_dir)
-    task, prompts, metadata = make_prompts(args.model, args.steps * args.prompts_per_step, args.seed)
     torch.set_num_threads(args.threads)
+    seeds = parse_seeds(args.seeds) if args.seeds else [args.seed]
+    print_header(args, model_dir, seeds)
+    per_seed: dict[int, dict[str, Figures]] = {}
+    for seed in seeds:
+        args.seed = seed
+        task, prompts, metadata = make_prompts(args.model, args.steps * args.prompts_per_step, seed)
+        if len(seeds) > 1:
+            print(f"## seed {seed}", flush=True)
+        results: dict[str, Figures] = {}
+        if args.only in (None, "policyopt"):
+            results["policyopt"] = run_policyopt(args, model_dir, task, prompts, metadata)
+            if args.metrics_out:
+                lines = [json.dumps(m) for m in results["policyopt"].step_metrics]
+                out = Path(args.metrics_out)
+                out = out.with_name(f"{out.stem}.seed{seed}{out.suffix}") if len(seeds) > 1 else out
+                out.write_text("\n".join(lines) + "\n")
+            print(f"# policyopt done; {load()}", flush=True)
+        if args.only in (None, "trl"):
+            results["TRL"] = run_trl(args, model_dir, task, prompts, metadata)
+            print(f"# TRL done; {load()}", flush=True)
+        for name, figures in results.items():
+            report_side(name, figures)
+        if len(results) == 2:
+            ratio = median(results["policyopt"].step_seconds) / median(results["TRL"].step_seconds)
+            print(
+                f"step time policyopt / TRL: {ratio:.2f} (median seconds per step; below 1: policyopt faster)"
+            )
+        per_seed[seed] = results
+        print(f"# {load()}", flush=True)
+    if len(seeds) > 1:
+        report_seeds(per_seed)
+
+
+def parse_seeds(text: str) -> list[int]:
+    """'0-7' or '0,3,5' (or both: '0-3,9')."""
+    seeds: list[int] = []
+    for part in text.split(","):
+        low, _, high = part.strip().partition("-")
+        seeds.extend(range(int(low), int(high or low) + 1))
+    return seeds
+
+
+def reward_gain(figures: Figures) -> float:
+    k = min(FIRST_LAST, max(1, len(figures.rewards) // 2))
+    return mean(figures.rewards[-k:]) - mean(figures.rewards[:k])
+
+
+def mean_and_error(values: list[float]) -> str:
+    """Mean +- standard error of the mean."""
+    if len(values) < 2:
+        return f"{mean(values):+.3f}"
+    return f"{mean(values):+.3f} +- {statistics.stdev(values) / len(values) ** 0.5:.3f}"
+
+
+def report_seeds(per_seed: dict[int, dict[str, Figures]]) -> None:
+    """Per-seed gains and step times, then the means over seeds with their standard errors."""
+    names = sorted({name for results in per_seed.values() for name in results}, reverse=True)
+    print(f"# over {len(per_seed)} seeds; {load()}")
+    print("seed " + "".join(f"| {name} gain  step s " for name in names))
+    gains: dict[str, list[float]] = {name: [] for name in names}
+    steps: dict[str, list[float]] = {name: [] for name in names}
+    for seed, results in per_seed.items():
+        cells = []
+        for name in names:
+            figures = results[name]
+            gains[name].append(reward_gain(figures))
+            steps[name].append(median(figures.step_seconds))
+            cells.append(f"| {gains[name][-1]:+.3f} {steps[name][-1]:7.2f} ")
+        print(f"{seed:4d} " + "".join(cells))
+    for name in names:
+        print(
+            f"{name:10s} reward gain {mean_and_error(gains[name])} (mean +- standard error over seeds), "
+            f"median step {median(steps[name]):.2f} s"
+        )
+    if len(names) == 2:
+        differences = [a - b for a, b in zip(gains["policyopt"], gains["TRL"], strict=True)]
+        print(
+            f"reward gain policyopt - TRL, per seed: {mean_and_error(differences)}; "
+            f"step time policyopt / TRL: {median(steps['policyopt']) / median(steps['TRL']):.2f} "
+            "(medians over seeds)"
+        )
+
+
+def print_header(args: argparse.Namespace, model_dir: Path, seeds: list[int]) -> None:
+    task, _, _ = make_prompts(args.model, 1, seeds[0])
     print(
         f"# model {model_dir.name}; task: {task.description}; {args.steps} steps of {args.prompts_per_step} "
         f"prompts x {args.group_size} completions, {args.max_new_tokens} new tokens, temperature "
-        f"{args.temperature}, LoRA r16 alpha 32 dropout 0 on q/k/v/o, learning rate {args.learning_rate:g}"
+        f"{args.temperature}, LoRA r16 alpha 32 dropout 0 on q/k/v/o, learning rate {args.learning_rate:g}; "
+        f"seeds {','.join(map(str, seeds))}"
     )
     print(
         f"# threads: policyopt {max(1, args.threads // 2)} per worker process (rollout and trainer, concurrent), "
@@ -415,22 +510,6 @@ def main(argv: list[str] | None = None) -> None:
     print(
         "# seconds, tokens/s and update: steps 2..N (step 1 apart); reward: mean of first 5 vs last 5 steps"
     )
-    print(f"# {load()}", flush=True)
-    results: dict[str, Figures] = {}
-    if args.only in (None, "policyopt"):
-        results["policyopt"] = run_policyopt(args, model_dir, task, prompts, metadata)
-        if args.metrics_out:
-            lines = [json.dumps(m) for m in results["policyopt"].step_metrics]
-            Path(args.metrics_out).write_text("\n".join(lines) + "\n")
-        print(f"# policyopt done; {load()}", flush=True)
-    if args.only in (None, "trl"):
-        results["TRL"] = run_trl(args, model_dir, task, prompts, metadata)
-        print(f"# TRL done; {load()}", flush=True)
-    for name, figures in results.items():
-        report_side(name, figures)
-    if len(results) == 2:
-        ratio = median(results["policyopt"].step_seconds) / median(results["TRL"].step_seconds)
-        print(f"step time policyopt / TRL: {ratio:.2f} (median seconds per step; below 1: policyopt faster)")
     print(f"# {load()}", flush=True)
 
 
