@@ -205,7 +205,10 @@ def detect_std_amplification(metrics: Metrics, spec: MethodSpec) -> str | None:
     amplification = windowed(metrics, "reward/std_amplification_max", 0.0)
     near_uniform = windowed(metrics, "reward/near_uniform_group_fraction", 0.0)
     if amplification > STD_AMPLIFICATION and near_uniform > NEAR_UNIFORM_FRACTION:
-        return f"{near_uniform:.0%} of groups are near-uniform and std scaling amplifies them up to {amplification:.0f}x"
+        return (
+            f"{near_uniform:.0%} of groups are near-uniform and std scaling amplifies them {amplification:.0f}x "
+            "(means over the last steps)"
+        )
     return None
 
 
