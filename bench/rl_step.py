@@ -18,8 +18,9 @@ natively (AMX, AVX512-BF16) or on a bf16 GPU (``--dtype float32`` for fp32); TRL
 ``bf16=True`` (autocast) when policyopt runs in bf16, else ``bf16=False`` (``--trl-dtype`` to choose). TRL's
 autocast covers its training forward only: accelerate wraps the peft model's ``forward``, and
 ``PeftModel.generate`` calls the inner model's, so TRL samples in fp32 either way (policyopt samples in
-bf16). The sampler/trainer KL printed is the median of the trainer's ``trajectory/mismatch_kl``:
-bf16 sampling and staleness, which the grpo preset's token-level truncated IS corrects. Step time is the wall time between consecutive STEP events (the first step, which
+bf16). The sampler/trainer KL printed is the median of the trainer's ``trajectory/mismatch_kl``: with
+eager attention policyopt's bf16 sampler and trainer agree, so it is staleness (pipelining), which the grpo
+preset's token-level truncated IS corrects. Step time is the wall time between consecutive STEP events (the first step, which
 includes the workers loading the model, is reported apart); update time is the trainer's own
 ``trainer/step_seconds``. Rollouts overlap training (the service pipelines them; a group more than
 ``max_staleness`` versions old is resampled), so step time can be below generation + update.
@@ -367,9 +368,14 @@ def median(values: list[float]) -> float:
     return statistics.median(values) if values else float("nan")
 
 
-def report_side(name: str, figures: Figures) -> None:
+def first_and_last(figures: Figures) -> tuple[int, float, float]:
+    """k and the mean reward of the first k and the last k steps (k = FIRST_LAST, fewer on short runs)."""
     k = min(FIRST_LAST, max(1, len(figures.rewards) // 2))
-    first, last = mean(figures.rewards[:k]), mean(figures.rewards[-k:])
+    return k, mean(figures.rewards[:k]), mean(figures.rewards[-k:])
+
+
+def report_side(name: str, figures: Figures) -> None:
+    k, first, last = first_and_last(figures)
     # Steps 2..N only, for every figure but the reward: step 1 holds policyopt's model loading in the
     # workers and TRL's first-call warm-up.
     tokens, seconds = sum(figures.completion_tokens[1:]), sum(figures.step_seconds)
@@ -440,8 +446,8 @@ def parse_seeds(text: str) -> list[int]:
 
 
 def reward_gain(figures: Figures) -> float:
-    k = min(FIRST_LAST, max(1, len(figures.rewards) // 2))
-    return mean(figures.rewards[-k:]) - mean(figures.rewards[:k])
+    _, first, last = first_and_last(figures)
+    return last - first
 
 
 def mean_and_error(values: list[float]) -> str:

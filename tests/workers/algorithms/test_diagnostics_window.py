@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -137,21 +138,30 @@ def test_window_state_survives_a_restart() -> None:
     assert observed["reward/zero_variance_group_fraction/window"] == 1.0
 
 
-def test_an_update_on_groups_without_reward_variance_warns_after_a_window() -> None:
+def warned_on_each_update(name: str, reward: Callable[[int], float]) -> list[bool]:
+    """Whether ``name`` warns after each of ``WINDOW_STEPS`` real updates on the tiny model, where trajectory
+    rewards come from ``reward(group index)``, drawn afresh each step."""
     from support.algorithms import build_lora_model, make_groups
 
     from policyopt.workers.train.update import PolicyUpdater
 
     spec = resolve_method(MethodChoice(preset="grpo"))
     update = PolicyUpdater(build_lora_model(), spec, learning_rate=1e-3, pad_token_id=0)
-    flat = [
-        dataclasses.replace(g, trajectories=[dataclasses.replace(t, reward=1.0) for t in g.trajectories])
-        for g in make_groups()
-    ]
     seen = []
     for _ in range(WINDOW_STEPS):
-        update.step(flat)
-        seen.append("mostly_zero_variance_groups" in [w.name for w in update.last_warnings])
+        groups = [
+            dataclasses.replace(
+                g, trajectories=[dataclasses.replace(t, reward=reward(i)) for t in g.trajectories]
+            )
+            for i, g in enumerate(make_groups())
+        ]
+        update.step(groups)
+        seen.append(name in [w.name for w in update.last_warnings])
+    return seen
+
+
+def test_an_update_on_groups_without_reward_variance_warns_after_a_window() -> None:
+    seen = warned_on_each_update("mostly_zero_variance_groups", lambda group: 1.0)
     assert seen == [False] * (WINDOW_STEPS - 1) + [True]
 
 
@@ -159,25 +169,10 @@ def test_an_update_on_groups_with_near_uniform_rewards_warns_after_a_window() ->
     """Groups that differ from each other but whose members differ by a thousandth: std scaling turns that
     noise into full-size advantages, step after step."""
     import torch
-    from support.algorithms import build_lora_model, make_groups
 
-    from policyopt.workers.train.update import PolicyUpdater
-
-    spec = resolve_method(MethodChoice(preset="grpo"))
-    update = PolicyUpdater(build_lora_model(), spec, learning_rate=1e-3, pad_token_id=0)
     noise = torch.Generator().manual_seed(0)
-    seen = []
-    for _ in range(WINDOW_STEPS):
-        near_uniform = [
-            dataclasses.replace(
-                g,
-                trajectories=[
-                    dataclasses.replace(t, reward=0.5 * i + 1e-3 * float(torch.rand((), generator=noise)))
-                    for t in g.trajectories
-                ],
-            )
-            for i, g in enumerate(make_groups())
-        ]
-        update.step(near_uniform)
-        seen.append("std_normalization_amplifies_noise" in [w.name for w in update.last_warnings])
+    seen = warned_on_each_update(
+        "std_normalization_amplifies_noise",
+        lambda group: 0.5 * group + 1e-3 * float(torch.rand((), generator=noise)),
+    )
     assert seen == [False] * (WINDOW_STEPS - 1) + [True]
