@@ -19,7 +19,7 @@ from torch import nn
 from policyopt.core.errors import InvalidArgument
 from policyopt.core.types import RunConfig
 from policyopt.models import ModelCatalog
-from policyopt.workers.placement import Placement, model_kwargs
+from policyopt.workers.placement import Placement, load_pretrained
 from policyopt.workers.train import policy
 
 log = logging.getLogger(__name__)
@@ -109,10 +109,10 @@ class BasePool:
         return entry
 
     def _load_base(self, key: tuple[str, str], config: RunConfig, lora: LoraConfig, name: str) -> SharedBase:
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers import AutoTokenizer
 
         model_dir = key[0]
-        base = AutoModelForCausalLM.from_pretrained(model_dir, **model_kwargs(self.placement))
+        base = load_pretrained(model_dir, self.placement)
         base_bytes = tensor_bytes(base)
         tokenizer = AutoTokenizer.from_pretrained(model_dir)
         pad = tokenizer.pad_token_id

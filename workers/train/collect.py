@@ -109,4 +109,23 @@ def collect_groups(
     return batch
 
 
-__all__ = ["CollectedGroups", "KeepGroup", "collect_groups", "group_filter_of", "group_key"]
+def staleness_metrics(groups: list[TrajectoryGroup], policy_version: int) -> dict[str, float]:
+    """How many updates the step's groups lag the policy they train (0: sampled by it), mean and max.
+
+    With rollouts pipelined with training the lag is usually 1; it is bounded by the run's
+    ``max_staleness`` for prompt groups, which are resampled beyond it.
+    """
+    lags = [max(0, policy_version - g.adapter_version) for g in groups]
+    if not lags:
+        return {}
+    return {"trainer/staleness_mean": sum(lags) / len(lags), "trainer/staleness_max": float(max(lags))}
+
+
+__all__ = [
+    "CollectedGroups",
+    "KeepGroup",
+    "collect_groups",
+    "group_filter_of",
+    "group_key",
+    "staleness_metrics",
+]

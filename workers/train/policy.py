@@ -17,7 +17,7 @@ from safetensors.torch import load_file, save_file
 from policyopt.core.errors import InvalidArgument
 from policyopt.core.types import RunConfig
 from policyopt.models import ModelCatalog
-from policyopt.workers.placement import Placement, model_kwargs
+from policyopt.workers.placement import Placement, load_pretrained
 
 log = logging.getLogger(__name__)
 
@@ -29,10 +29,10 @@ def load_policy(config: RunConfig, placement: Placement, models: ModelCatalog) -
 
     ``models`` resolves the run's ``base_model`` under the operator's declarations.
     """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
     model_dir = models.resolve(config.base_model)
-    base = AutoModelForCausalLM.from_pretrained(model_dir, **model_kwargs(placement))
+    base = load_pretrained(model_dir, placement)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     pad_token_id = tokenizer.pad_token_id
     if pad_token_id is None:

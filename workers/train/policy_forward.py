@@ -71,7 +71,7 @@ class PolicyForward:
         """Log-probs (and entropy) of the trained tokens under the current policy."""
         hidden_N_H = self.hidden_states(micro)
         logp_N, entropy_N = selective_log_softmax(
-            hidden_N_H,
+            hidden_N_H.to(self.lm_head.weight.dtype),  # fp32 activations: the head's matmul is bf16
             self.lm_head.weight,
             micro.targets_N,
             bias_V=self.lm_head.bias,

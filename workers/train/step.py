@@ -30,7 +30,7 @@ from policyopt.workers.algorithms import pin_method
 from policyopt.workers.train import policy, retention
 from policyopt.workers.train.announcements import WarningAnnouncer
 from policyopt.workers.train.checkpoint import CheckpointStore
-from policyopt.workers.train.collect import CollectedGroups
+from policyopt.workers.train.collect import CollectedGroups, staleness_metrics
 from policyopt.workers.train.distributed import Ranks, RanksDiverged
 from policyopt.workers.train.fault_points import crash_for_test, pause_for_test
 from policyopt.workers.train.follower import StepOrder
@@ -113,6 +113,7 @@ class StepTrainer:
                     "trainer/groups_resampled_stale": float(self.resampled.pop(run_id, 0)),
                 }
             )
+            metrics.update(staleness_metrics(batch.groups, session.version))
             metrics.update(component_means(batch.groups))
             manifest = self._save_and_commit(session, version, batch, metrics)
         session.version = version

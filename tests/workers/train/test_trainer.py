@@ -100,6 +100,10 @@ def test_groups_older_than_max_staleness_go_back_to_the_rollout_workers(trainer_
     manifest = _store(trainer_env).read_manifest(run.run_id, 3)
     assert manifest.group_ids == fresh and not set(stale) & set(manifest.group_ids)
     assert manifest.metrics["trainer/groups_resampled_stale"] == 2.0
+    assert manifest.metrics["trainer/staleness_mean"] == 1.0  # the fresh groups: v1 data, trained at v2
+    assert manifest.metrics["trainer/staleness_max"] == 1.0
+    first = _store(trainer_env).read_manifest(run.run_id, 1)
+    assert first.metrics["trainer/staleness_mean"] == first.metrics["trainer/staleness_max"] == 0.0
     requeued = [
         from_json(PromptTask, f[b"data"]) for _id, f in trainer_env.r.xrange(prompts_stream(run.run_id))
     ]
