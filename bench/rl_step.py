@@ -17,10 +17,12 @@ groups older than ``max_staleness`` are sampled twice). Models in bf16 where the
 natively (AMX, AVX512-BF16) or on a bf16 GPU (``--dtype float32`` for fp32); TRL with its own default
 ``bf16=True`` (autocast) when policyopt runs in bf16, else ``bf16=False`` (``--trl-dtype`` to choose). TRL's
 autocast covers its training forward only: accelerate wraps the peft model's ``forward``, and
-``PeftModel.generate`` calls the inner model's, so TRL samples in fp32 either way (policyopt samples in
-bf16). The sampler/trainer KL printed is the median of the trainer's ``trajectory/mismatch_kl``: with
-eager attention policyopt's bf16 sampler and trainer agree, so it is staleness (pipelining), which the grpo
-preset's token-level truncated IS corrects. Step time is the wall time between consecutive STEP events (the first step, which
+``PeftModel.generate`` calls the inner model's, so TRL samples in fp32 either way (policyopt's CPU bf16
+is bf16 matmuls between fp32 activations in sampler and trainer alike; see ``placement.Bf16MatmulLinear``).
+The sampler/trainer KL printed is the median of the trainer's ``trajectory/mismatch_kl``: mostly staleness
+(pipelining: ``trainer/staleness_mean`` is 1), plus about 0.001 from the sampler's decode and the trainer's
+whole-sequence pass rounding a few bf16 values differently; the grpo preset's token-level truncated IS
+corrects both. Step time is the wall time between consecutive STEP events (the first step, which
 includes the workers loading the model, is reported apart); update time is the trainer's own
 ``trainer/step_seconds``. Rollouts overlap training (the service pipelines them; a group more than
 ``max_staleness`` versions old is resampled), so step time can be below generation + update.
@@ -275,7 +277,7 @@ TRL_DEFAULTS_CHANGED = (
     "gradient_checkpointing True->False, shuffle_dataset True->False (same order), logging_steps 10->1; "
     "kept (already equal): beta 0, epsilon 0.2, scale_rewards group, AdamW (0.9, 0.999, 1e-8), "
     "weight_decay 0, max_grad_norm 1, top_p 1, num_iterations 1, bf16 True when policyopt runs bf16 (autocast "
-    "of TRL's training forward only: its generate runs fp32, policyopt's sampler bf16); "
+    "of TRL's training forward only: its generate runs fp32; policyopt's bf16 matmuls keep fp32 activations); "
     "differs: policyopt samples in a separate process, pipelined, and corrects the sampler/trainer gap with "
     "token TIS (cap 2); TRL samples with the model it trains, one phase after the other"
 )

@@ -15,6 +15,7 @@ from torch import Tensor
 from policyopt.workers.algorithms.diagnostics_window import (
     LENGTH_GROWTH_WINDOW_KEY,
     WINDOW_STEPS_KEY,
+    long_windowed,
     window_full,
     windowed,
 )
@@ -238,7 +239,8 @@ def detect_inactive_clipping(metrics: Metrics, spec: MethodSpec) -> str | None:
 
 
 ZERO_VARIANCE_FRACTION = 0.5
-"""Fraction of zero-variance groups (mean over the window) above which a run is mostly without signal."""
+"""Fraction of zero-variance groups (mean over the last ``LONG_WINDOW_STEPS`` steps) above which a run is
+mostly without signal."""
 
 
 @register_detector(
@@ -249,8 +251,8 @@ ZERO_VARIANCE_FRACTION = 0.5
 )
 def detect_zero_variance(metrics: Metrics, spec: MethodSpec) -> str | None:
     """Groups whose members all scored the same carry no group-relative signal."""
-    fraction = windowed(metrics, "reward/zero_variance_group_fraction", 0.0)
-    if window_full(metrics) and fraction > ZERO_VARIANCE_FRACTION:
+    fraction = long_windowed(metrics, "reward/zero_variance_group_fraction")
+    if fraction is not None and fraction > ZERO_VARIANCE_FRACTION:
         return f"{fraction:.0%} of groups have zero reward variance (no learning signal)"
     return None
 

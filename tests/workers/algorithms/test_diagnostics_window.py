@@ -18,7 +18,7 @@ import pytest
 
 from policyopt.core.types import MethodChoice
 from policyopt.workers.algorithms import detect_failures, resolve_method
-from policyopt.workers.algorithms.diagnostics_window import WINDOW_STEPS, DiagnosticWindow
+from policyopt.workers.algorithms.diagnostics_window import LONG_WINDOW_STEPS, WINDOW_STEPS, DiagnosticWindow
 
 DATA = Path(__file__).parent / "data"
 HEALTHY = json.loads((DATA / "healthy_smollm2_grpo.json").read_text())["steps"]
@@ -30,6 +30,7 @@ DEMO_60 = json.loads((DATA / "demo_smollm2_60_steps.json").read_text())["steps"]
 DEMO_30 = json.loads((DATA / "demo_smollm2_30_steps_runs.json").read_text())
 DEMO_RUNS, DEMO_COLLAPSED_EARLY = DEMO_30["runs"], DEMO_30["collapsed_early"]
 DEMO_STEPS = 30  # cli/demo.py's SIZES["smollm2"].steps
+BENCH_ZERO_VARIANCE = json.loads((DATA / "bench_smollm2_grpo_zero_variance_runs.json").read_text())["runs"]
 
 
 def replay(steps: list[dict[str, float]], preset: str = "grpo") -> list[list[str]]:
@@ -63,11 +64,22 @@ def test_recorded_demo_runs_are_quiet(name: str) -> None:
     assert replay(DEMO_RUNS[name]) == [[] for _ in range(DEMO_STEPS)]
 
 
-def test_a_demo_run_that_settles_early_is_named_from_step_25() -> None:
-    """One recorded demo run settled on a wordy reply by step 22: a real collapse, warned about as such."""
+def test_a_demo_run_that_settles_early_is_named_from_step_29() -> None:
+    """One recorded demo run settled on a wordy reply by step 22: a real collapse, warned about as such
+    once more than half of the last 40 groups have no reward variance."""
     warned = replay(DEMO_COLLAPSED_EARLY)
-    assert warned[:24] == [[] for _ in range(24)]
-    assert warned[24:] == [["mostly_zero_variance_groups"] for _ in range(DEMO_STEPS - 24)]
+    assert warned[:28] == [[] for _ in range(28)]
+    assert warned[28:] == [["mostly_zero_variance_groups"] for _ in range(DEMO_STEPS - 28)]
+
+
+@pytest.mark.parametrize("name", sorted(BENCH_ZERO_VARIANCE))
+def test_benchmark_runs_with_many_unrewarded_groups_early_are_quiet(name: str) -> None:
+    """Four benchmark runs whose reward rose, though 55-75 % of 20 groups had no variance at some point:
+    the 5-step rule warned on them; over 40 groups the fraction stays at or below half."""
+    steps = BENCH_ZERO_VARIANCE[name]
+    fractions = [m["reward/zero_variance_group_fraction"] for m in steps]
+    assert max(sum(fractions[i - 5 : i]) / 5 for i in range(5, len(fractions) + 1)) > 0.5
+    assert replay(steps) == [[] for _ in steps]
 
 
 def test_single_noisy_steps_of_the_healthy_run_would_have_warned() -> None:
@@ -85,14 +97,21 @@ def test_mismatch_without_correction_warns_on_the_same_run() -> None:
     assert all("stale_or_mismatched_samples_clipping_inactive" in names for names in warned)
 
 
+def test_zero_variance_groups_are_judged_over_the_long_window() -> None:
+    name = "mostly_zero_variance_groups"
+    failing, healthy = (
+        {"reward/zero_variance_group_fraction": 0.75},
+        {"reward/zero_variance_group_fraction": 0.25},
+    )
+    warned = replay(steady(failing, LONG_WINDOW_STEPS))
+    assert [name in names for names in warned] == [False] * (LONG_WINDOW_STEPS - 1) + [True]
+    mixed = steady(healthy, LONG_WINDOW_STEPS - WINDOW_STEPS) + steady(failing, WINDOW_STEPS - 1)
+    assert all(name not in names for names in replay(mixed))  # 4 bad steps of 10: 45 %
+
+
 @pytest.mark.parametrize(
     ("name", "failing", "healthy"),
     [
-        (
-            "mostly_zero_variance_groups",
-            {"reward/zero_variance_group_fraction": 0.75},
-            {"reward/zero_variance_group_fraction": 0.25},
-        ),
         ("entropy_collapse", {"trajectory/entropy": 0.01}, {"trajectory/entropy": 1.5}),
         (  # the one step a 30-step demo run showed: 2 of 4 groups near-uniform, amplified 157x
             "std_normalization_amplifies_noise",
@@ -138,8 +157,8 @@ def test_window_state_survives_a_restart() -> None:
     assert observed["reward/zero_variance_group_fraction/window"] == 1.0
 
 
-def warned_on_each_update(name: str, reward: Callable[[int], float]) -> list[bool]:
-    """Whether ``name`` warns after each of ``WINDOW_STEPS`` real updates on the tiny model, where trajectory
+def warned_on_each_update(name: str, reward: Callable[[int], float], steps: int = WINDOW_STEPS) -> list[bool]:
+    """Whether ``name`` warns after each of ``steps`` real updates on the tiny model, where trajectory
     rewards come from ``reward(group index)``, drawn afresh each step."""
     from support.algorithms import build_lora_model, make_groups
 
@@ -148,7 +167,7 @@ def warned_on_each_update(name: str, reward: Callable[[int], float]) -> list[boo
     spec = resolve_method(MethodChoice(preset="grpo"))
     update = PolicyUpdater(build_lora_model(), spec, learning_rate=1e-3, pad_token_id=0)
     seen = []
-    for _ in range(WINDOW_STEPS):
+    for _ in range(steps):
         groups = [
             dataclasses.replace(
                 g, trajectories=[dataclasses.replace(t, reward=reward(i)) for t in g.trajectories]
@@ -161,8 +180,8 @@ def warned_on_each_update(name: str, reward: Callable[[int], float]) -> list[boo
 
 
 def test_an_update_on_groups_without_reward_variance_warns_after_a_window() -> None:
-    seen = warned_on_each_update("mostly_zero_variance_groups", lambda group: 1.0)
-    assert seen == [False] * (WINDOW_STEPS - 1) + [True]
+    seen = warned_on_each_update("mostly_zero_variance_groups", lambda group: 1.0, LONG_WINDOW_STEPS)
+    assert seen == [False] * (LONG_WINDOW_STEPS - 1) + [True]
 
 
 def test_an_update_on_groups_with_near_uniform_rewards_warns_after_a_window() -> None:
