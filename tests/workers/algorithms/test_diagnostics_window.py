@@ -105,8 +105,10 @@ def test_zero_variance_groups_are_judged_over_the_long_window() -> None:
     )
     warned = replay(steady(failing, LONG_WINDOW_STEPS))
     assert [name in names for names in warned] == [False] * (LONG_WINDOW_STEPS - 1) + [True]
-    mixed = steady(healthy, LONG_WINDOW_STEPS - WINDOW_STEPS) + steady(failing, WINDOW_STEPS - 1)
-    assert all(name not in names for names in replay(mixed))  # 4 bad steps of 10: 45 %
+    mixed = steady(healthy, LONG_WINDOW_STEPS - 4) + steady(failing, 4)  # 4 bad steps of 10: 45 %
+    assert len(mixed) == LONG_WINDOW_STEPS and all(name not in names for names in replay(mixed))
+    longer = mixed + steady(failing, 2)  # the last 10 steps: 6 bad, 55 %
+    assert [name in names for names in replay(longer)][LONG_WINDOW_STEPS:] == [False, True]
 
 
 @pytest.mark.parametrize(
