@@ -55,17 +55,10 @@ class DiagnosticWindow:
         """Record this step; return its metrics with the window's means, growth and size added."""
         self._recent.append({k: metrics[k] for k in (*WINDOWED_KEYS, _LENGTH_KEY) if k in metrics})
         window = list(self._recent)[-self.steps :]
-        result = dict(metrics)
-        for key in WINDOWED_KEYS:
-            values = [step[key] for step in window if key in step]
-            if values:
-                result[key + WINDOW_SUFFIX] = sum(values) / len(values)
+        result = dict(metrics) | _means(window, WINDOWED_KEYS, WINDOW_SUFFIX)
         result[WINDOW_STEPS_KEY] = float(len(window))
         if len(self._recent) >= 2 * self.steps:
-            for key in LONG_WINDOWED_KEYS:
-                values = [step[key] for step in self._recent if key in step]
-                if values:
-                    result[key + LONG_WINDOW_SUFFIX] = sum(values) / len(values)
+            result |= _means(list(self._recent), LONG_WINDOWED_KEYS, LONG_WINDOW_SUFFIX)
         lengths = [step[_LENGTH_KEY] for step in self._recent if _LENGTH_KEY in step]
         if len(lengths) == 2 * self.steps:
             before, now = lengths[: self.steps], lengths[self.steps :]
@@ -78,6 +71,16 @@ class DiagnosticWindow:
     def load_state_dict(self, state: list[Metrics] | None) -> None:
         self._recent.clear()
         self._recent.extend(dict(step) for step in state or [])
+
+
+def _means(steps: list[Metrics], keys: tuple[str, ...], suffix: str) -> Metrics:
+    """``<key><suffix>``: the mean of each key over the steps that report it."""
+    means: Metrics = {}
+    for key in keys:
+        values = [step[key] for step in steps if key in step]
+        if values:
+            means[key + suffix] = sum(values) / len(values)
+    return means
 
 
 def windowed(metrics: Metrics, key: str, default: float) -> float:
